@@ -1,0 +1,5 @@
+"""`python -m gemmactl` → the CLI."""
+
+from gemmactl.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The Typer CLI: one module per command; the only package that imports Typer."""

@@ -1,0 +1,41 @@
+"""Glue every command shares: global options → Settings, and Settings → the cloud ports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from gemmactl import cloud as cloud_seam
+from gemmactl.cloud import Cloud
+from gemmactl.settings import Settings, load_settings
+
+
+@dataclass
+class GlobalOptions:
+    config: Path | None = None
+    flags: dict[str, Any] = field(default_factory=dict)
+
+
+def global_options(ctx: typer.Context) -> GlobalOptions:
+    root = ctx.find_root()
+    if not isinstance(root.obj, GlobalOptions):
+        root.obj = GlobalOptions()
+    return root.obj
+
+
+def settings(ctx: typer.Context, **flags: Any) -> Settings:
+    """Settings from all layers; `flags` are this command's own (None = not given)."""
+    g = global_options(ctx)
+    merged = {**g.flags, **{k: v for k, v in flags.items() if v is not None}}
+    return load_settings(merged, config_path=g.config)
+
+
+def connect(s: Settings) -> tuple[Settings, Cloud]:
+    """The backend for these settings, with the project filled in from the backend when unset."""
+    c = cloud_seam.get_cloud(s)
+    if not s.project:
+        s = s.with_project(c.project)
+    return s, c
