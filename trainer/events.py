@@ -1,0 +1,81 @@
+"""JSON-lines progress events: one object per line on stdout and appended to <output_dir>/events.jsonl.
+
+`gemmactl logs` renders these, so the shapes are a contract (see the trainer README / issue 3). Every event has
+"event" (its type) and "time" (ISO-8601 UTC). Human-readable lines go to stderr through `log()`. Secrets (the
+HF token) are scrubbed from everything written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class EventSink(Protocol):
+    def emit(self, event: str, **fields: Any) -> None: ...
+
+
+def scrub(text: str) -> str:
+    """Remove the HF token (and anything that looks like one) from a string before it is printed or written."""
+    token = os.environ.get("HF_TOKEN")
+    if token and len(token) >= 4:
+        text = text.replace(token, "***")
+    return text
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN/inf; a diverged loss must still produce parseable lines.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JsonlSink:
+    """Writes each event to stdout (flushed at once, Cloud Logging picks it up) and appends it to a file."""
+
+    def __init__(self, path: Path | None, stream=None):
+        self.path = path
+        self.stream = stream or sys.stdout
+
+    def emit(self, event: str, **fields: Any) -> None:
+        line = scrub(json.dumps(_clean({"event": event, "time": now_iso(), **fields}), allow_nan=False))
+        print(line, file=self.stream, flush=True)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(line + "\n")
+
+
+class NullSink:
+    """Drops every event (tests, library use)."""
+
+    def emit(self, event: str, **fields: Any) -> None:
+        pass
+
+
+class ListSink:
+    """Keeps events in memory (tests)."""
+
+    def __init__(self):
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self.events.append({"event": event, **fields})
+
+
+def log(message: str) -> None:
+    """A plain human line on stderr."""
+    print(scrub(message), file=sys.stderr, flush=True)

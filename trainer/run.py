@@ -1,0 +1,198 @@
+"""One training run, start to finish: data -> model -> baseline eval -> LoRA training -> final eval -> outputs.
+
+Linear sections, each timed. Re-running the same output dir is safe: a finished run (DONE present) exits at once,
+an interrupted one resumes from its newest complete checkpoint and reuses the recorded baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from trainer.checkpoint import checkpoints_root, latest_checkpoint
+from trainer.collate import TrainSamples, build_chat_format
+from trainer.config import TrainConfig
+from trainer.data import load_splits, select
+from trainer.evaluate import evaluate
+from trainer.events import EventSink, log
+from trainer.model import (
+    apply_lora,
+    choose_gradient_checkpointing,
+    enable_gradient_checkpointing,
+    load_model_and_processor,
+    merge_adapter,
+)
+from trainer.train import TrainState, build_optimizer, gpu_memory_gib, load_state, plan_steps, set_seed, train
+
+
+def run(cfg: TrainConfig, sink: EventSink) -> int:
+    """Execute the run described by a validated config; returns the process exit code (0)."""
+    out = Path(cfg.output_dir)
+    if (out / "DONE").exists():
+        return _already_done(out, sink)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", cfg.to_dict())
+    token = os.environ.get("HF_TOKEN") or None
+    set_seed(cfg.seed)
+
+    # ---------------------------------------------------------------- data
+    t = time.perf_counter()
+    train_set, eval_set = select(load_splits(cfg.dataset, cfg.seed, token), cfg.train_size, cfg.eval_size, cfg.seed)
+    timings["data_s"] = time.perf_counter() - t
+    log(f"data: {len(train_set)} train / {len(eval_set)} eval images from {cfg.dataset}")
+
+    # ---------------------------------------------------------------- model
+    t = time.perf_counter()
+    loaded = load_model_and_processor(cfg, token)
+    fmt = build_chat_format(loaded.processor, cfg.prompt)
+    model = apply_lora(loaded.model, cfg)
+    samples = TrainSamples(train_set, loaded.processor, fmt)
+    seq_len = samples[0]["input_ids"].shape[1]
+    checkpointing, why = choose_gradient_checkpointing(cfg, model, seq_len)
+    log(f"gradient checkpointing {'on' if checkpointing else 'off'} ({why})")
+    if checkpointing:
+        enable_gradient_checkpointing(model)
+    timings["model_load_s"] = time.perf_counter() - t
+
+    # ---------------------------------------------------------------- resume
+    _, total = plan_steps(len(train_set), cfg)
+    opt, sched = build_optimizer(model, cfg, total)
+    state = TrainState()
+    found = latest_checkpoint(checkpoints_root(out))
+    if found:
+        state = load_state(found[1], model, opt, sched)
+    attempt = int(os.environ.get("CLOUD_RUN_TASK_ATTEMPT", "0") or 0)
+    log(f"attempt {attempt}: " + (f"resuming from {found[1]}" if found else "starting fresh"))
+    sink.emit("start", run_id=os.environ.get("RUN_ID") or None, attempt=attempt, model_id=cfg.model_id,
+              dataset=cfg.dataset, train_size=len(train_set), eval_size=len(eval_set), total_steps=total,
+              resumed_from_step=found[0] if found else None)
+
+    # ---------------------------------------------------------------- baseline (adapters off = the base model)
+    t = time.perf_counter()
+    baseline = _baseline(out, cfg, model, loaded, fmt, eval_set, sink)
+    timings["baseline_eval_s"] = time.perf_counter() - t
+
+    # ---------------------------------------------------------------- train
+    t = time.perf_counter()
+    set_seed(cfg.seed + state.step)  # dropout stream continues deterministically after a resume
+    state = train(model, loaded.processor, samples, cfg, state, opt, sched, total, loaded.device, sink)
+    timings["train_s"] = time.perf_counter() - t
+    model.save_pretrained(out / "adapter")
+    loaded.processor.save_pretrained(out / "adapter")
+
+    # ---------------------------------------------------------------- final eval
+    t = time.perf_counter()
+    final = _evaluate_modes(model, loaded, fmt, eval_set, cfg, "final", sink)
+    timings["final_eval_s"] = time.perf_counter() - t
+    peak = gpu_memory_gib()
+
+    # ---------------------------------------------------------------- merge (bf16 base, fresh load)
+    if cfg.merge:
+        t = time.perf_counter()
+        del model, loaded
+        _free_gpu()
+        merge_adapter(cfg, str(out / "adapter"), str(out / "merged"), token)
+        timings["merge_s"] = time.perf_counter() - t
+
+    # ---------------------------------------------------------------- outputs
+    timings["total_s"] = time.perf_counter() - t_start
+    _write_outputs(out, cfg, baseline, final, state, timings, peak)
+    primary = cfg.eval_modes[0]
+    sink.emit("done", metrics_path=str(out / "metrics.json"), baseline=_headline(baseline["reports"][primary]),
+              final=_headline(final["reports"][primary]), elapsed_s=timings["total_s"])
+    (out / "DONE").write_text(json.dumps({"finished": True, "elapsed_s": timings["total_s"]}) + "\n")
+    return 0
+
+
+def _evaluate_modes(model, loaded, fmt, eval_set, cfg: TrainConfig, phase: str, sink: EventSink) -> dict:
+    """{"reports": {mode: REPORT}, "rows": [prediction rows]} for every configured eval mode."""
+    reports, rows = {}, []
+    for mode in cfg.eval_modes:
+        def progress(done: int, total: int, mode=mode) -> None:
+            sink.emit("eval_progress", phase=phase, mode=mode, done=done, total=total)
+
+        report, mode_rows = evaluate(model, loaded.processor, fmt, eval_set, mode, batch_size=cfg.eval_batch_size,
+                                     max_new_tokens=cfg.max_new_tokens, device=loaded.device, progress=progress)
+        reports[mode] = report
+        rows += [{"phase": phase, **row} for row in mode_rows]
+        sink.emit("eval", phase=phase, mode=mode, **_headline(report), n=report["n"],
+                  unknown_rate=report["unknown_rate"], accuracy_ci95=report["accuracy_ci95"])
+    return {"reports": reports, "rows": rows}
+
+
+def _baseline(out: Path, cfg, model, loaded, fmt, eval_set, sink) -> dict:
+    """The recorded baseline if this run already measured it (same eval set), else measure and record it."""
+    path = checkpoints_root(out) / "baseline.json"
+    ids = [ex.image_id for ex in eval_set]
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        if recorded.get("image_ids") == ids and set(recorded["reports"]) == set(cfg.eval_modes):
+            log("baseline already recorded; not recomputed")
+            return recorded
+    with model.disable_adapter():
+        baseline = _evaluate_modes(model, loaded, fmt, eval_set, cfg, "baseline", sink)
+    _write_json(path, {**baseline, "image_ids": ids})
+    return baseline
+
+
+def _write_outputs(out: Path, cfg, baseline: dict, final: dict, state, timings: dict, peak) -> None:
+    primary = cfg.eval_modes[0]
+    b, f = baseline["reports"][primary], final["reports"][primary]
+    metrics = {
+        "baseline": b, "final": f,
+        "delta": {"accuracy": f["accuracy"] - b["accuracy"], "macro_f1": f["macro_f1"] - b["macro_f1"]},
+        "config": cfg.to_dict(), "versions": _versions(), "timings": timings, "peak_memory_gib": peak,
+        "train_loss": state.losses, "eval_mode": cfg.eval_mode,
+    }
+    if len(cfg.eval_modes) > 1:
+        metrics["baseline_by_mode"], metrics["final_by_mode"] = baseline["reports"], final["reports"]
+    with (out / "predictions.jsonl.tmp").open("w") as fh:
+        for row in baseline["rows"] + final["rows"]:
+            fh.write(json.dumps(row) + "\n")
+    os.replace(out / "predictions.jsonl.tmp", out / "predictions.jsonl")
+    _write_json(out / "metrics.json", metrics)
+
+
+def _already_done(out: Path, sink: EventSink) -> int:
+    log(f"{out} already has DONE: the run finished earlier; nothing to do")
+    metrics = json.loads((out / "metrics.json").read_text())
+    sink.emit("done", metrics_path=str(out / "metrics.json"), baseline=_headline(metrics["baseline"]),
+              final=_headline(metrics["final"]), elapsed_s=metrics["timings"].get("total_s"), already_done=True)
+    return 0
+
+
+def _headline(report: dict) -> dict:
+    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+
+
+def _versions() -> dict:
+    import peft
+    import transformers
+
+    cuda = torch.cuda.is_available()
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "cuda": torch.version.cuda if cuda else None,
+            "gpu": torch.cuda.get_device_name(0) if cuda else None}
+
+
+def _free_gpu() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _write_json(path: Path, data) -> None:
+    """Write via a temp file + rename so readers (gemmactl results) never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
