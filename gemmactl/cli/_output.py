@@ -74,7 +74,8 @@ class Output:
             return
         table = Table(title=title, title_justify="left")
         for column in columns:
-            table.add_column(column)
+            # Fold rather than truncate: names and fix commands must stay copy-pasteable.
+            table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*("-" if v is None else str(v) for v in row))
         self.console.print(table)
@@ -101,6 +102,10 @@ class Output:
 
     def error(self, message: str) -> None:
         self.err.print(f"[red]error:[/red] {message}", markup=True)
+
+    def secret_input(self, prompt: str) -> str:
+        """Read a secret from the terminal without echoing it (callers check for a TTY first)."""
+        return self.err.input(prompt, password=True)
 
     def confirm(self, question: str, *, yes: bool) -> None:
         """Ask before a destructive step; refuse without a TTY unless `--yes` was given."""
