@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gemmactl import events as ev
 from gemmactl.cloud.ports import RUNNING, Execution, LogEntry, LogQuery
-from gemmactl.errors import JobFailedError, NotFoundError, QuotaError, TransientError, UsageError
+from gemmactl.errors import ConfigError, JobFailedError, NotFoundError, QuotaError, TransientError, UsageError
 from gemmactl.settings import parse_duration
 
 if TYPE_CHECKING:
@@ -49,7 +49,10 @@ class Pacing:
 
 
 def parse_since(text: str | None, *, now: datetime | None = None) -> datetime | None:
-    """'10m' / '2h' / '90s' (ago) or an ISO-8601 time (UTC when it has no offset)."""
+    """'10m' / '2h' / '90s' (ago) or an ISO-8601 time (UTC when it has no offset).
+
+    Bad flags raise ConfigError (exit 2): the CLI root lets anything *named* UsageError through to Click.
+    """
     if not text:
         return None
     now = now or datetime.now(UTC)
@@ -60,7 +63,7 @@ def parse_since(text: str | None, *, now: datetime | None = None) -> datetime | 
     try:
         ts = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"invalid --since '{text}'", hint="use e.g. 10m, 2h or 2026-01-31T12:00:00Z") from None
+        raise ConfigError(f"invalid --since '{text}'", hint="use e.g. 10m, 2h or 2026-01-31T12:00:00Z") from None
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
@@ -70,7 +73,7 @@ def parse_severity(text: str | None) -> str | None:
         return None
     name = {"WARN": "WARNING", "ERR": "ERROR", "CRIT": "CRITICAL"}.get(text.upper(), text.upper())
     if name not in SEVERITIES:
-        raise UsageError(f"invalid severity '{text}'", hint=f"choose one of: {', '.join(SEVERITIES)}")
+        raise ConfigError(f"invalid severity '{text}'", hint=f"choose one of: {', '.join(SEVERITIES)}")
     return name
 
 
