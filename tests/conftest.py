@@ -61,6 +61,8 @@ def cli():
     from gemmactl.cli.app import app
 
     def run(*args: str, input: str | None = None, expect: int | None = 0, env: dict | None = None) -> CliResult:
+        # A wide terminal so table cells are not folded mid-name in assertions.
+        env = {"COLUMNS": "250", **(env or {})}
         result = CliRunner().invoke(app, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
         res = CliResult(result.exit_code, result.stdout, result.stderr)
         if expect is not None:
@@ -68,3 +70,24 @@ def cli():
         return res
 
     return run
+
+
+@pytest.fixture
+def fake_hub_min(monkeypatch):
+    """A minimal fake Hugging Face Hub (whoami + gated auth-check) behind HF_ENDPOINT."""
+    from tests.fakes.fake_hub_min import FakeHubMin
+
+    hub = FakeHubMin().start()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture
+def no_sleep(monkeypatch) -> list[float]:
+    """Make init's retry waits instant; returns the waits it asked for."""
+    from gemmactl import setup
+
+    waits: list[float] = []
+    monkeypatch.setattr(setup, "sleep", waits.append)
+    return waits

@@ -39,7 +39,7 @@ class _Group(TyperGroup):
         except (typer.Exit, typer.Abort):
             raise
         except BaseException as e:  # noqa: BLE001 - the single place errors are reported
-            if debug_enabled() or isinstance(e, SystemExit) or type(e).__name__ in _CLICK_PASSTHROUGH:
+            if debug_enabled() or isinstance(e, SystemExit) or _is_click_error(e):
                 raise
             message, hint, code = format_error(e)
             out.error(message)
@@ -52,6 +52,11 @@ class _Group(TyperGroup):
 # vendors Click privately and we never import it.
 _CLICK_PASSTHROUGH = {"UsageError", "BadParameter", "MissingParameter", "NoSuchOption", "BadOptionUsage",
                       "BadArgumentUsage", "NoArgsIsHelpError", "Exit", "Abort"}
+
+def _is_click_error(e: BaseException) -> bool:
+    # Our own UsageError shares Click's class name, so the module decides.
+    return type(e).__name__ in _CLICK_PASSTHROUGH and not type(e).__module__.startswith("gemmactl")
+
 
 app = typer.Typer(
     name="gemmactl",
