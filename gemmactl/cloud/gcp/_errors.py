@@ -121,10 +121,9 @@ def translate(exc: BaseException, what: str) -> errors.GemmactlError:
 
 
 def _is_transient(exc: BaseException) -> bool:
+    import requests  # google-auth's transport, so always there with the clients
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as auth_exc
-
-    import requests  # google-auth's transport, so always there with the clients
 
     transient = (
         gexc.ServerError, gexc.RetryError, auth_exc.TransportError, ConnectionError, TimeoutError,
