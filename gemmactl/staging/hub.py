@@ -156,7 +156,7 @@ class HubSource:
                 with translate_errors(self.snapshot.repo, self.snapshot.kind, self.snapshot.revision, self.token):
                     hf_raise_for_status(response)
                 skip = offset if (offset and response.status_code == 200) else 0  # server ignored Range
-                for chunk in response.iter_bytes(CHUNK):
+                for chunk in response.iter_bytes():  # as received: a reset loses no buffered bytes
                     if skip:
                         chunk, skip = chunk[skip:], max(0, skip - len(chunk))
                     if chunk:

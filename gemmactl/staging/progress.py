@@ -30,7 +30,7 @@ class RichProgress:
             TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True,
         )  # fmt: skip
         self._total: TaskID | None = None
-        self._files: dict[str, TaskID] = {}
+        self._files: dict[str, tuple[TaskID, int]] = {}
         self._lock = threading.Lock()
 
     def start(self, files: int, total_bytes: int, skipped_bytes: int) -> None:
@@ -40,18 +40,17 @@ class RichProgress:
 
     def file_started(self, path: str, size: int) -> None:
         with self._lock:
-            self._files[path] = self._bars.add_task(f"  {path}", total=size, visible=self.live)
+            self._files[path] = (self._bars.add_task(f"  {path}", total=size, visible=self.live), size)
 
     def advance(self, path: str, nbytes: int) -> None:
-        self._bars.advance(self._files[path], nbytes)
+        self._bars.advance(self._files[path][0], nbytes)
         if self._total is not None:
             self._bars.advance(self._total, nbytes)
 
     def file_done(self, path: str, *, skipped: bool) -> None:
         with self._lock:
-            task = self._files.pop(path, None)
+            task, size = self._files.pop(path, (None, 0))
         if task is not None:
-            size = self._bars.tasks[task].total or 0
             self._bars.remove_task(task)
             self.console.print(f"[green]✓[/green] {path} [dim]({_size(size)})[/dim]", markup=True, highlight=False)
 

@@ -13,6 +13,7 @@ from gemmactl.staging.hub import Retryable
 
 T = TypeVar("T")
 MAX_RETRY_AFTER_S = 300.0  # a hub asking for more than five minutes is better reported than waited on
+SLEEP: Callable[[float], None] = time.sleep  # the default wait; tests swap it for a recorder
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class RetryPolicy:
     attempts: int = 8  # per call, or per file without progress: a stalled stream counts, a moving one resets
     base_s: float = 0.5
     max_s: float = 30.0
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+    sleep: Callable[[float], None] | None = field(default=None, compare=False)  # None: module-level SLEEP
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -32,7 +33,7 @@ class RetryPolicy:
         """Sleep before retry `attempt + 1`, or raise TransientError when the attempts are spent."""
         if attempt >= self.attempts:
             raise TransientError(f"{what} failed after {attempt} attempts ({error})")
-        self.sleep(self.delay(attempt, error.retry_after))
+        (self.sleep or SLEEP)(self.delay(attempt, error.retry_after))
 
 
 def call(policy: RetryPolicy, fn: Callable[[], T], what: str) -> T:
