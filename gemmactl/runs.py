@@ -95,8 +95,8 @@ def write_config(storage: Storage, bucket: str, run_id: str, config: TrainConfig
     data = config.to_dict()
     if storage.stat(bucket, name) is not None:
         existing = json.loads(storage.read_bytes(bucket, name) or b"{}")
-        if existing != data:
-            changed = sorted(k for k in set(existing) | set(data) if existing.get(k) != data.get(k))
+        changed = sorted(k for k in set(existing) | set(data) if _comparable(k, existing.get(k)) != _comparable(k, data.get(k)))
+        if changed:
             raise ConfigError(
                 f"run '{run_id}' already exists with a different configuration ({', '.join(changed)})",
                 hint="leave out --run-id for a new run, or repeat the original flags to resume it",
@@ -104,6 +104,16 @@ def write_config(storage: Storage, bucket: str, run_id: str, config: TrainConfig
         return True
     storage.write_bytes(bucket, name, config_json(config), content_type="application/json")
     return False
+
+
+def _comparable(key: str, value: object) -> object:
+    """The trainer rewrites config.json with the paths it saw (a local run sees the bucket directory, not
+    /mnt/gcs), so paths compare by what they name, and output_dir is the run id itself."""
+    if key == "output_dir":
+        return None
+    if key in ("model_id", "dataset") and isinstance(value, str) and value.startswith("/"):
+        return "/".join(value.rstrip("/").split("/")[-2:])
+    return value
 
 
 def config_json(config: TrainConfig) -> bytes:
