@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gemmactl.errors import AbortedError
@@ -91,17 +92,20 @@ class Output:
         if not self.json_mode:
             self.err.print(f"[green]✓[/green] {message}")
 
+    # Messages are plain text (often built from error messages and paths): escaped, so "[train]"
+    # or a bucket name in brackets prints as written instead of vanishing as rich markup.
+
     def info(self, message: str) -> None:
         self.err.print(message)
 
     def warning(self, message: str) -> None:
-        self.err.print(f"[yellow]warning:[/yellow] {message}")
+        self.err.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
     def hint(self, message: str) -> None:
-        self.err.print(f"[dim]hint:[/dim] {message}")
+        self.err.print(f"[dim]hint:[/dim] {escape(message)}")
 
     def error(self, message: str) -> None:
-        self.err.print(f"[red]error:[/red] {message}", markup=True)
+        self.err.print(f"[red]error:[/red] {escape(message)}", markup=True)
 
     def secret_input(self, prompt: str) -> str:
         """Read a secret from the terminal without echoing it (callers check for a TTY first)."""

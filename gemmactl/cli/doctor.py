@@ -56,8 +56,10 @@ def doctor(
 
 
 def _show(rows) -> None:
+    from rich.markup import escape
+
     colour = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]fail[/red]"}
-    table_rows = [[r.check, colour.get(r.status, r.status), r.detail, r.fix or ""] for r in rows]
+    table_rows = [[r.check, colour.get(r.status, r.status), escape(r.detail), escape(r.fix or "")] for r in rows]
     out.table(["check", "status", "detail", "fix"], table_rows, title="gemmactl doctor",
               json_rows=[r.row() for r in rows])
     failed = sum(r.status == "fail" for r in rows)
