@@ -21,6 +21,8 @@ BUILTINS = {"tiny-gemma3": MODEL, "tiny-gemma4": MODEL, "synthetic-pets": DATASE
 _NEEDS = {MODEL: ("trainer.builtin", "torch", "transformers", "tokenizers"),
           DATASET: ("trainer.builtin", "numpy", "PIL", "pyarrow")}  # fmt: skip
 GENERATE_TIMEOUT_S = 900
+# The backslash keeps rich (out.hint renders markup) from eating "[trainer]" as a style tag.
+INSTALL_HINT = "pip install 'gemmactl\\[trainer]'"
 
 
 def check_builtin(asset_id: str, kind: str) -> str:
@@ -36,7 +38,7 @@ def _check_installed(kind: str) -> None:
     missing = [m for m in _NEEDS[kind] if not _importable(m)]
     if missing:
         raise GemmactlError(f"generating built-in assets needs the trainer extra (missing: {', '.join(missing)})",
-                            hint="pip install 'gemmactl[trainer]'")
+                            hint=INSTALL_HINT)
 
 
 def _importable(module: str) -> bool:
