@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import secrets as _random
 import shlex
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -211,7 +210,7 @@ def gcloud_command(spec: JobSpec, overrides: RunOverrides | None = None) -> str:
     if spec.labels:
         lines.append("--labels " + _q(",".join(f"{k}={v}" for k, v in spec.labels.items())))
     if spec.args:
-        lines.append("--args " + _q(",".join(spec.args)))
+        lines.append(_q("--args=" + ",".join(spec.args)))
     command = " \\\n  ".join(lines)
     if overrides is not None:
         command += "\n\n" + _execute_command(spec, overrides)
@@ -222,13 +221,10 @@ def _execute_command(spec: JobSpec, overrides: RunOverrides) -> str:
     lines = [f"gcloud beta run jobs execute {_q(spec.name)}", f"--region {_q(spec.region)}", "--async"]
     if overrides.args:
         # gcloud splits --args on commas; none of our values contain one (paths, ids, numbers).
-        lines.append("--args " + _q(",".join(overrides.args)))
+        lines.append(_q("--args=" + ",".join(overrides.args)))  # `=`: the values start with --
     if overrides.env:
         lines.append("--update-env-vars " + _q(",".join(f"{k}={v}" for k, v in overrides.env.items())))
     if overrides.timeout_s:
         lines.append(f"--task-timeout {_duration(overrides.timeout_s)}")
     return " \\\n  ".join(lines)
 
-
-def with_image(spec: JobSpec, image: str) -> JobSpec:
-    return replace(spec, image=image)
