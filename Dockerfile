@@ -38,8 +38,9 @@ RUN uv pip sync --require-hashes requirements/trainer.lock
 # The project itself: no dependencies (all locked above), no index, built with the locked setuptools.
 COPY pyproject.toml ./
 COPY trainer ./trainer
+# -P (safe path): the import check must see the installed package, not ./trainer in this directory.
 RUN uv pip install --no-deps --no-index --no-build-isolation . \
-    && /opt/venv/bin/python -c "import trainer.config"
+    && /opt/venv/bin/python -P -c "import trainer.config"
 
 # ----------------------------------------------------------------------------- runtime
 FROM nvidia/cuda:13.0.2-runtime-ubuntu24.04
