@@ -308,14 +308,23 @@ def _log_list(s: GoogleState, m: re.Match[str], q: dict[str, Any], body: Any) ->
     return out
 
 
+def _cb_region(m: re.Match[str], q: dict[str, Any]) -> str:
+    """The region from the path, or from `parent`/`name` when the client chose the /v1/projects/P/builds form."""
+    if m.groupdict().get("r"):
+        return m["r"]
+    found = re.search(r"/locations/([^/]+)", q.get("parent") or q.get("name") or "")
+    return found.group(1) if found else "global"
+
+
 def _cb_create(s: GoogleState, m: re.Match[str], q: dict[str, Any], body: Any) -> Any:
     build_id = f"b{next(s.counter):04d}-0000-4000-8000-000000000000"
-    name = f"projects/{m['p']}/locations/{m['r']}/builds/{build_id}"
+    region = _cb_region(m, q)
+    name = f"projects/{m['p']}/locations/{region}/builds/{build_id}"
     build = {**copy.deepcopy(body), "id": build_id, "name": name, "projectId": m["p"], "status": "QUEUED",
              "createTime": now(), "logUrl": f"https://console.cloud.google.com/cloud-build/builds;region="
-                                            f"{m['r']}/{build_id}?project={s.number}"}
+                                            f"{region}/{build_id}?project={s.number}"}
     s.builds[build_id] = build
-    return s.lro(f"projects/{m['p']}/locations/{m['r']}", done=False, metadata={
+    return s.lro(f"projects/{m['p']}/locations/{region}", done=False, metadata={
         "@type": f"{_T}google.devtools.cloudbuild.v1.BuildOperationMetadata", "build": build})
 
 
@@ -359,6 +368,10 @@ def routes(s: GoogleState) -> list[tuple[str, re.Pattern[str], Handler]]:
         ("POST", r"/v2/entries:list", h(_log_list)),
         ("POST", rf"/v1/{loc}/builds", h(_cb_create)), ("GET", rf"/v1/{loc}/builds/(?P<b>{_SEG})", h(_cb_get)),
         ("POST", rf"/v1/{loc}/builds/(?P<b>{_SEG}):cancel", h(_cb_cancel)),
+        # The client library prefers Cloud Build's first HTTP binding, with parent/name as query parameters.
+        ("POST", rf"/v1/projects/(?P<p>{_SEG})/builds", h(_cb_create)),
+        ("GET", rf"/v1/projects/(?P<p>{_SEG})/builds/(?P<b>{_SEG})", h(_cb_get)),
+        ("POST", rf"/v1/projects/(?P<p>{_SEG})/builds/(?P<b>{_SEG}):cancel", h(_cb_cancel)),
     ]
     table += _policy_routes(s, secret, lambda m: f"projects/{m['p']}/secrets/{m['s']}")
     table += _policy_routes(s, rf"/v3/projects/(?P<p>{_SEG})", lambda m: f"projects/{m['p']}")
