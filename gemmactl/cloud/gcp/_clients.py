@@ -135,11 +135,9 @@ class GcpContext:
             # With STORAGE_EMULATOR_HOST set the library routes there and goes anonymous by itself.
             if endpoint_override("STORAGE", self.env):
                 return storage.Client(project=self.project, client_info=self.client_info())
+            # The quota project, if any, already rides on the ADC credentials (see adc()).
             return storage.Client(
-                project=self.project,
-                credentials=self.credentials("STORAGE"),
-                client_info=self.client_info(),
-                client_options={"quota_project_id": self.quota_project()},
+                project=self.project, credentials=self.credentials("STORAGE"), client_info=self.client_info()
             )
 
         return self.cached("storage", build)

@@ -134,3 +134,21 @@ def test_importing_the_cli_and_the_adapters_imports_no_google_module():
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True)
     google_modules = [line for line in out.stderr.splitlines() if "google" in line.split("|")[-1]]
     assert google_modules == []
+
+
+def test_without_overrides_clients_use_google_endpoints_and_adc(monkeypatch):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import run_v2
+
+    adc = AnonymousCredentials()
+    monkeypatch.setattr("google.auth.default", lambda **kw: (adc, "adc-project"))
+    monkeypatch.setenv("GOOGLE_CLOUD_QUOTA_PROJECT", "billing-project")
+    ctx = _clients.GcpContext(project="p")
+
+    jobs = ctx.gapic("RUN", run_v2.JobsClient)
+    assert jobs.transport.kind == "rest" and jobs.transport._host == "https://run.googleapis.com"
+    assert ctx.storage()._connection.API_BASE_URL == "https://storage.googleapis.com"
+    assert ctx.logging()._connection.API_BASE_URL == "https://logging.googleapis.com"
+    assert ctx.base_url("IAM") == "https://iam.googleapis.com"
+    assert ctx.session("IAM").headers["x-goog-user-project"] == "billing-project"
+    assert ctx.credentials("RUN") is adc
