@@ -12,7 +12,14 @@ from gemmactl.cli._common import connect, settings
 from gemmactl.cli._options import DryRunOpt, FollowOpt, JsonOpt
 from gemmactl.cli._output import out
 from gemmactl.cloud import ports
-from gemmactl.errors import ConfigError, GemmactlError, JobFailedError, NotFoundError, RegionMismatchError
+from gemmactl.errors import (
+    ConfigError,
+    CredentialsError,
+    GemmactlError,
+    JobFailedError,
+    NotFoundError,
+    RegionMismatchError,
+)
 
 LOCAL_IMAGE = "local: python -m trainer"
 
@@ -99,11 +106,18 @@ def train(
     config = train_config(s, {**_pairs(set_ or []), **{k: v for k, v in trainer_flags.items() if v is not None}})
     run_id = specs.check_run_id(run_id) if run_id else specs.new_run_id()
     s, cloud = connect(s)
-    local = cloud.backend == "local"
     specs.build_job_spec(s, "-")  # resource / network checks before any API call
-    _check_region(cloud, s, dry_run=dry_run)
-    spec = specs.build_job_spec(s, _resolve_image(cloud, s, image, dry_run=dry_run, local=local))
-    config = _for_run(cloud, s, config, run_id, dry_run=dry_run)
+    try:
+        _check_region(cloud, s, dry_run=dry_run)
+        spec = specs.build_job_spec(s, _resolve_image(cloud, s, image, dry_run=dry_run))
+        config = _for_run(cloud, s, config, run_id, dry_run=dry_run)
+    except CredentialsError as e:
+        if not dry_run:
+            raise
+        # A dry run needs no account: show the plan, unchecked against the project.
+        out.warning(f"{e.message}: the plan below is not checked against the bucket, image or staged models")
+        spec = specs.build_job_spec(s, image or f"{s.image_repo}:{_source_tag() or 'latest'}")
+        config = config.replace(output_dir=specs.run_output_dir(run_id))
     overrides = specs.build_run_overrides(s, config, run_id)
     if dry_run:
         _show_plan(spec, overrides, run_id, s)
@@ -167,10 +181,10 @@ def _source_tag() -> str | None:
     return content_hash(root) if (root / "Dockerfile").is_file() else None
 
 
-def _resolve_image(cloud: Any, s: Any, explicit: str | None, *, dry_run: bool, local: bool) -> str:
+def _resolve_image(cloud: Any, s: Any, explicit: str | None, *, dry_run: bool) -> str:
     if explicit:
         return explicit
-    if local:
+    if cloud.backend == "local":
         return LOCAL_IMAGE  # the local backend runs the trainer from this install; nothing to build
     tag = _source_tag()
     if tag and cloud.registry.image_exists(f"{s.image_repo}:{tag}"):
@@ -194,11 +208,11 @@ def _for_run(cloud: Any, s: Any, config: Any, run_id: str, *, dry_run: bool) -> 
     except NotFoundError:
         if not dry_run:
             raise
-        return config.replace(output_dir=f"/mnt/gcs/runs/{run_id}")  # bucket missing: shown, not resolved
+        return config.replace(output_dir=f"/mnt/gcs/runs/{run_id}")  # no bucket yet: shown, not resolved
 
 
 def _show_plan(spec: ports.JobSpec, overrides: ports.RunOverrides, run_id: str, s: Any) -> None:
-    from rich.syntax import Syntax
+    from rich.text import Text
 
     from gemmactl import pricing, specs
 
@@ -210,9 +224,10 @@ def _show_plan(spec: ports.JobSpec, overrides: ports.RunOverrides, run_id: str, 
                   "estimate": est.as_dict()})
         return
     out.text("[bold]Cloud Run job[/bold] (create-or-update)")
-    out.rich(Syntax(specs.job_spec_yaml(spec), "yaml", theme="ansi_dark", background_color="default"))
+    # Plain text, never wrapped or cropped: both blocks are meant to be copied.
+    out.rich(Text(specs.job_spec_yaml(spec)))
     out.text("[bold]Equivalent gcloud commands[/bold]")
-    out.rich(Syntax(command, "bash", theme="ansi_dark", background_color="default", word_wrap=True))
+    out.rich(Text(command + "\n"))
     out.text(f"[bold]Run[/bold] {run_id} → gs://{s.bucket_name}/runs/{run_id}/")
     out.text(_estimate_line(est))
     out.info("dry run: nothing was created or changed")

@@ -141,6 +141,17 @@ def test_dry_run_json_and_price_override(cli, cloud, monkeypatch):
     assert cloud.mutations == []
 
 
+def test_dry_run_without_credentials_still_shows_the_plan(cli, cloud):
+    from gemmactl.errors import CredentialsError
+
+    cloud.fail_next("storage.get_bucket", CredentialsError("no Google Cloud credentials found"))
+    result = _train(cli, "--dry-run")
+    assert "not checked against the bucket" in result.stderr and "gcloud beta run jobs deploy" in result.stdout
+    cloud.fail_next("storage.get_bucket", CredentialsError("no Google Cloud credentials found"))
+    result = _train(cli, expect=1)
+    assert "gcloud auth application-default login" in result.stderr and cloud.mutations == []
+
+
 def test_dry_run_works_before_init(cli, fake_cloud, monkeypatch):
     monkeypatch.setattr("gemmactl.cli.train._source_tag", lambda: None)
     result = _train(cli, "--dry-run")

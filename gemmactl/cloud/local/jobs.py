@@ -114,11 +114,12 @@ class LocalJobs:
         }
         runner.write_state(exec_dir, state)
         (exec_dir / runner.LOG).touch()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gemmactl.cloud.local.runner", str(exec_dir)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(exec_dir / "runner.err").open("wb"),
-            start_new_session=True, close_fds=True, cwd=exec_dir,
-        )
+        with (exec_dir / "runner.err").open("wb") as err:  # the runner's own crash, if any, lands here
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gemmactl.cloud.local.runner", str(exec_dir)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                start_new_session=True, close_fds=True, cwd=exec_dir,
+            )
         self._children[exec_dir.name] = proc
         # A file of its own, so the runner's state.json writes never race with ours.
         (exec_dir / PID_FILE).write_text(str(proc.pid))
