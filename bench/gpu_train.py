@@ -1,0 +1,420 @@
+"""GPU benchmark of the trainer's default recipe at real model sizes: speed, MFU, memory, start-up, eval.
+
+Each configuration (model x mode) runs `trainer.run.run` - the same code `python -m trainer` runs: data pipeline,
+collate, LoRA, checkpointing choice, training loop, checkpoints, both eval modes - in its own process, on
+random-initialised models at the published dimensions (bench/gpu_models.py), the real Gemma 3 tokenizer, and
+500x375 JPEGs decoded and resized by the trainer's own pipeline. Only model loading is swapped: the model is built
+from its config on the GPU (no 55 GB checkpoints needed), except with --from-disk, where gemma-3-4b is first saved
+as an ordinary checkpoint and then loaded by the trainer's own loader (the start-up target is about that path).
+
+    python bench/gpu_train.py --out $OUT --matrix gemma-3-4b:lora,gemma-3-4b:qlora --from-disk     # on the GPU
+    python bench/gpu_train.py --out /tmp/b --tiny --device cpu                                       # CPU check
+
+Writes $OUT/results.json (every figure, per configuration) and prints a table last. See bench/README.md for the
+FLOP convention behind MFU (bench/gpu_models.py: flops_per_sample).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROCESS_START = time.time()  # fallback if psutil is missing; set before any heavy import
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+DEFAULT_MATRIX = ("gemma-3-4b:lora,gemma-3-4b:qlora,gemma-4-E4B:lora,gemma-4-E4B:qlora,gemma-3-12b:lora,"
+                  "gemma-3-27b:qlora,gemma-4-31B:qlora,gemma-3-27b:lora")
+REFERENCE = {"train_sps": {"qlora": 0.92, "lora": 1.11}, "peak_gib": {"qlora": 4.25, "lora": 9.18},
+             "eval_generate_ips": {"qlora": 2.14, "lora": 3.27}, "first_step_s": 75.0}
+
+
+def process_start() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except ImportError:
+        return PROCESS_START
+
+
+# ------------------------------------------------------------------------------------------- data
+def make_dataset(root: Path, train_size: int, eval_size: int, seed: int = 0) -> Path:
+    """An image-folder dataset of 500x375 JPEGs (smooth colour fields + noise, ~40 KB, like photos)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from trainer.labels import LABELS
+
+    per_train, per_test = -(-train_size // len(LABELS)) + 1, -(-eval_size // len(LABELS)) + 1
+    jobs = [(root / split / name.replace(" ", "_") / f"{i:04d}.jpg", seed * 100_000 + c * 1000 + i + off)
+            for split, n, off in (("train", per_train, 0), ("test", per_test, 500))
+            for c, name in enumerate(LABELS) for i in range(n)]
+    if not all(path.is_file() for path, _ in jobs):
+        with ProcessPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
+            list(pool.map(_write_jpeg, jobs, chunksize=16))
+    return root
+
+
+def _write_jpeg(job: tuple[Path, int]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path, seed = job
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    img = np.asarray(Image.fromarray(coarse).resize((500, 375), Image.BICUBIC), dtype=np.float32)
+    img += rng.normal(0, 10, img.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+# ------------------------------------------------------------------------------------------- one config
+class TimedSink:
+    """Keeps every trainer event with its wall time; prints nothing (the table at the end is the output)."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+
+    def emit(self, event: str, **fields) -> None:
+        self.events.append({"event": event, "t": time.time(), **fields})
+
+
+def _install_hooks(args, spec, work: Path, marks: dict) -> None:
+    """Swap model loading (from config, unless --model-dir), capture the model, time every train / evaluate."""
+    import trainer.run as run_mod
+
+    load = run_mod.load_model_and_processor
+    if spec is not None and not args.model_dir:
+        load = _from_config_loader(spec, work, marks)
+    real_lora, real_train, real_eval = run_mod.apply_lora, run_mod.train, run_mod.evaluate
+
+    def capture_load(*a, **k):
+        marks["loaded"] = load(*a, **k)
+        return marks["loaded"]
+
+    def capture_lora(*a, **k):
+        marks["peft_model"] = real_lora(*a, **k)
+        return marks["peft_model"]
+
+    def timed_train(*a, **k):
+        marks["train_start"] = time.time()
+        _reset_peak()
+        try:
+            return real_train(*a, **k)
+        finally:
+            marks["train_end"] = time.time()
+            marks["train_peak_gib"] = _peak()
+
+    def timed_eval(model, processor, fmt, examples, mode, **k):
+        t = time.time()
+        out = real_eval(model, processor, fmt, examples, mode, **k)
+        phase = "final" if "train_end" in marks else "baseline"
+        marks.setdefault("evals", []).append({"phase": phase, "mode": mode, "n": len(examples),
+                                              "seconds": time.time() - t})
+        return out
+
+    run_mod.load_model_and_processor, run_mod.apply_lora = capture_load, capture_lora
+    run_mod.train, run_mod.evaluate = timed_train, timed_eval
+
+
+def _from_config_loader(spec, work: Path, marks: dict):
+    import torch
+    from gpu_models import build_model, build_processor, quantize_nf4
+
+    from trainer.model import Loaded
+
+    def load(cfg, token, quantize=None):
+        t = time.time()
+        processor = build_processor(spec.family, work)
+        model = build_model(spec, processor)
+        if cfg.quantization == "4bit":
+            quantize_nf4(model)
+        torch.cuda.reset_peak_memory_stats()  # the build held bf16 weights briefly; a 4-bit load would not
+        marks["model_build_s"] = time.time() - t
+        return Loaded(model, processor, spec.family, torch.device("cuda"))
+
+    return load
+
+
+def _reset_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+def run_one(args) -> dict:
+    """Run the trainer on one configuration in this process and return its figures."""
+    t_proc = process_start()
+    name, mode = args.one.split(":")
+    from gpu_models import SPECS
+
+    spec = None if args.tiny else SPECS[name]
+    work = Path(args.work)
+    from trainer.config import TrainConfig
+    from trainer.run import run
+
+    marks: dict = {}
+    _install_hooks(args, spec, work, marks)
+    model_id = f"builtin:{name}" if args.tiny else (args.model_dir or f"bench:{name}")
+    cfg = TrainConfig(model_id=model_id, dataset=str(work / "pets"), output_dir=str(work / f"run-{name}-{mode}"),
+                      train_size=args.train_size, eval_size=args.eval_size, num_epochs=args.epochs,
+                      quantization="4bit" if mode == "qlora" else "none", max_new_tokens=args.max_new_tokens,
+                      **json.loads(args.overrides)).validate()
+    sink = TimedSink()
+    run(cfg, sink)
+    return summarise(cfg, sink.events, marks, t_proc, name, mode)
+
+
+def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mode: str) -> dict:
+    """Turn the event log and timing marks into the benchmark's figures."""
+    steps = [e for e in events if e["event"] == "step"]
+    samples = cfg.train_size * cfg.num_epochs if cfg.max_steps is None else None
+    train_s = marks["train_end"] - marks["train_start"]
+    samples = samples or steps[-1]["step"] * cfg.batch_size * cfg.gradient_accumulation_steps
+    baseline_eval_s = sum(e["seconds"] for e in marks.get("evals", []) if e["phase"] == "baseline")
+    shapes = sequence_shapes(cfg, marks)
+    result = {
+        "model": name, "mode": mode, "train_samples": samples, "train_s": train_s,
+        "train_samples_per_s": samples / train_s,
+        "steady_samples_per_s": _steady(steps),
+        "tokens_per_sample": shapes["tokens"], "train_tokens_per_s": samples * shapes["tokens"] / train_s,
+        "first_step_s": steps[0]["t"] - t_proc - baseline_eval_s,
+        "first_step_incl_baseline_s": steps[0]["t"] - t_proc,
+        "model_build_s": marks.get("model_build_s"),
+        "peak_train_gib": marks.get("train_peak_gib"), "peak_gib": _peak(),
+        "eval": {f"{e['phase']}_{e['mode']}": {"images_per_s": e["n"] / e["seconds"], "n": e["n"]}
+                 for e in marks.get("evals", [])},
+        "events": {k: v for k, v in _notable(events).items()},
+        "final_loss": steps[-1]["loss"],
+        "config": cfg.to_dict(),
+    }
+    result |= mfu(marks, shapes, events, samples, train_s)
+    return result
+
+
+def _steady(steps: list[dict]) -> float | None:
+    """Median samples/s of the steps after the first quarter (warm-up, compilation and caching excluded)."""
+    rates = sorted(s["samples_per_s"] for s in steps[len(steps) // 4:] if s.get("samples_per_s"))
+    return rates[len(rates) // 2] if rates else None
+
+
+def _notable(events: list[dict]) -> dict:
+    """Trainer events that explain its choices (batch size, checkpointing, caching), for the record."""
+    keep = {"plan", "autotune", "memory_plan", "image_cache", "gradient_checkpointing"}
+    return {e["event"]: {k: v for k, v in e.items() if k not in ("t", "event")} for e in events if e["event"] in keep}
+
+
+def sequence_shapes(cfg, marks: dict) -> dict:
+    """Mean unpadded tokens, answer tokens and vision patches per training sample, from the trainer's encoding."""
+    import statistics
+
+    from trainer.collate import answer_ids, build_chat_format, encode_prompt
+    from trainer.data import load_splits, select
+
+    train, _ = select(load_splits(cfg.dataset, cfg.seed), cfg.train_size, cfg.eval_size, cfg.seed)
+    processor = marks["loaded"].processor
+    fmt = build_chat_format(processor, cfg.prompt)
+    enc = encode_prompt(processor, fmt, train[0].open())
+    answer = statistics.fmean(len(answer_ids(processor.tokenizer, fmt, ex.label)) for ex in train)
+    pixels = enc["pixel_values"]
+    if "image_position_ids" in enc:  # Gemma 4: patch rows, -1 marks padding
+        patches = int((enc["image_position_ids"][..., 0] >= 0).sum())
+    else:  # Gemma 3: a square image cut into patch_size squares
+        patch = marks["loaded"].model.config.vision_config.patch_size
+        patches = (pixels.shape[-1] // patch) * (pixels.shape[-2] // patch)
+    prompt = enc["input_ids"].shape[1]
+    return {"prompt": prompt, "answer": answer, "tokens": prompt + answer, "patches": patches}
+
+
+def mfu(marks: dict, shapes: dict, events: list[dict], samples: int, train_s: float) -> dict:
+    """Model FLOPs utilisation of the training phase against the measured bf16 matmul peak."""
+    from gpu_models import flop_model, flops_per_sample, image_flops
+
+    fm = flop_model(marks["peft_model"], shapes["patches"])
+    cache = next((e for e in events if e["event"] == "image_cache"), None)
+    encodes = cache["images"] if cache else samples  # plain path: the tower runs for every sample of every epoch
+    flops = samples * flops_per_sample(fm, shapes["tokens"], shapes["answer"]) + encodes * image_flops(fm)
+    peak = float(os.environ.get("BENCH_PEAK_TFLOPS", "0") or 0) * 1e12
+    return {"mfu": flops / train_s / peak if peak else None, "train_tflops": flops / train_s / 1e12,
+            "image_encodes": encodes, "gflops_per_sample": flops / samples / 1e9}
+
+
+# ------------------------------------------------------------------------------------------- matrix
+def measure_peak_tflops() -> float:
+    """bf16 8192^3 matmul rate on this GPU (the MFU denominator), median of 10 after warm-up, random data."""
+    import torch
+
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * 8192**3 / sorted(times)[5] / 1e12
+
+
+def environment() -> dict:
+    import platform
+
+    import torch
+    import transformers
+
+    env = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
+           "torch": torch.__version__, "transformers": transformers.__version__}
+    for pkg in ("peft", "bitsandbytes"):
+        try:
+            env[pkg] = __import__(pkg).__version__
+        except ImportError:
+            env[pkg] = None
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["gpu_mem_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
+    return env
+
+
+def save_checkpoint_dir(name: str, work: Path) -> Path:
+    """Write a random gemma-3-4b as an ordinary HF checkpoint (safetensors + processor) for --from-disk."""
+    import torch
+    from gpu_models import SPECS, build_model, build_processor
+
+    out = work / f"ckpt-{name}"
+    if not (out / "config.json").is_file():
+        processor = build_processor(SPECS[name].family, work)
+        model = build_model(SPECS[name], processor)
+        model.save_pretrained(out, max_shard_size="5GB")
+        processor.save_pretrained(out)
+        del model
+        torch.cuda.empty_cache()
+    return out
+
+
+def run_matrix(args) -> list[dict]:
+    """Each configuration in a fresh process (clean start-up time and memory), within the time budget."""
+    work = Path(args.work)
+    make_dataset(work / "pets", args.train_size, args.eval_size)
+    deadline = time.time() + args.budget_s
+    results = []
+    for item in args.matrix.split(","):
+        name, mode = item.split(":")
+        left = deadline - time.time()
+        if left < args.min_left_s:
+            results.append({"model": name, "mode": mode, "skipped": f"time budget: {left:.0f} s left"})
+            continue
+        cmd = [sys.executable, __file__, "--one", item, "--work", str(work), "--train-size", str(args.train_size),
+               "--eval-size", str(args.eval_size), "--epochs", str(args.epochs), "--max-new-tokens",
+               str(args.max_new_tokens), "--overrides", args.overrides] + (["--tiny"] if args.tiny else [])
+        if args.from_disk and name == "gemma-3-4b":
+            cmd += ["--model-dir", str(save_checkpoint_dir(name, work))]
+        results.append(_child(cmd, name, mode, left, work))
+        _print_row(results[-1])
+    return results
+
+
+def _child(cmd: list[str], name: str, mode: str, left: float, work: Path) -> dict:
+    out = work / f"result-{name}-{mode}.json"
+    out.unlink(missing_ok=True)
+    log = work / f"log-{name}-{mode}.txt"
+    with log.open("w") as fh:
+        try:
+            proc = subprocess.run(cmd + ["--result", str(out)], stdout=fh, stderr=subprocess.STDOUT, timeout=left)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+    if out.is_file():
+        return json.loads(out.read_text())
+    tail = log.read_text().strip().splitlines()[-3:]
+    return {"model": name, "mode": mode, "failed": f"exit {code}: " + " | ".join(tail)[-400:]}
+
+
+# ------------------------------------------------------------------------------------------- report
+COLUMNS = ("model", "mode", "train sps", "steady", "tok/s", "MFU", "peak GiB", "1st step s", "gen ips", "constr ips")
+
+
+def _row(r: dict) -> list[str]:
+    if "train_samples_per_s" not in r:
+        return [r["model"], r["mode"], r.get("skipped") or r.get("failed", "?")]
+    ev = r["eval"]
+
+    def f(v, fmt="{:.1f}"):
+        return "-" if v is None else fmt.format(v)
+
+    gen = ev.get("final_generate", ev.get("baseline_generate", {})).get("images_per_s")
+    con = ev.get("final_constrained", ev.get("baseline_constrained", {})).get("images_per_s")
+    return [r["model"], r["mode"], f(r["train_samples_per_s"]), f(r["steady_samples_per_s"]),
+            f(r["train_tokens_per_s"], "{:.0f}"), f(r["mfu"] and 100 * r["mfu"], "{:.1f}%"),
+            f(r["peak_gib"], "{:.2f}"), f(r["first_step_s"]), f(gen), f(con)]
+
+
+def _print_row(r: dict) -> None:
+    print(" | ".join(_row(r)), flush=True)
+
+
+def print_table(results: list[dict]) -> None:
+    print("\n| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for r in results:
+        print("| " + " | ".join(_row(r)) + " |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "bench-out"), help="results.json goes here")
+    parser.add_argument("--work", default="/tmp/gpu-bench", help="scratch: dataset, checkpoints, run dirs")
+    parser.add_argument("--matrix", default=DEFAULT_MATRIX, help="comma list of MODEL:lora|qlora")
+    parser.add_argument("--train-size", type=int, default=256)
+    parser.add_argument("--eval-size", type=int, default=64)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="the reference's eval generated 32")
+    parser.add_argument("--overrides", default="{}", help="JSON of extra TrainConfig fields")
+    parser.add_argument("--budget-s", type=float, default=540, help="stop starting configurations after this")
+    parser.add_argument("--min-left-s", type=float, default=60)
+    parser.add_argument("--from-disk", action="store_true", help="gemma-3-4b: save, then load via the trainer")
+    parser.add_argument("--tiny", action="store_true", help="builtin tiny models (CPU check of this script)")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    if args.one:
+        Path(args.result).write_text(json.dumps(run_one(args), indent=1, default=str))
+        return 0
+    if args.tiny and args.matrix == DEFAULT_MATRIX:
+        args.matrix = "tiny-gemma3:lora,tiny-gemma4:lora"
+    env = environment()
+    if args.device == "cuda":
+        env["peak_bf16_tflops"] = measure_peak_tflops()
+        os.environ["BENCH_PEAK_TFLOPS"] = str(env["peak_bf16_tflops"])
+    results = run_matrix(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"environment": env, "reference": REFERENCE, "args": vars(args),
+                                                  "results": results}, indent=1, default=str))
+    with (out / "logs.txt").open("w") as fh:  # the device returns only $OUT: keep each child's last lines
+        for log in sorted(Path(args.work).glob("log-*.txt")):
+            fh.write(f"==== {log.name}\n" + "\n".join(log.read_text().splitlines()[-80:]) + "\n")
+    print(json.dumps(env))
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
