@@ -20,6 +20,7 @@ from gemmactl.settings import Settings
 from tests.fakes.gcp_rest import FakeGoogle
 
 PROJECT = "test-project"
+PROJECT_NUMBER = "123456789012"  # FakeGoogle's default; the emulator reports it on buckets too
 
 
 def _free_port() -> int:
@@ -34,7 +35,8 @@ def gcs_emulator() -> Iterator[str]:
     port = _free_port()
     exe = Path(sys.executable).with_name("gcp-storage-emulator")
     proc = subprocess.Popen(
-        [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
+        [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
+         "--project-number", PROJECT_NUMBER],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -56,7 +58,7 @@ def gcs_emulator() -> Iterator[str]:
 @pytest.fixture
 def google(monkeypatch) -> Iterator[FakeGoogle]:
     """The REST fake, with every CLOUDSDK_API_ENDPOINT_OVERRIDES_* pointing at it."""
-    fake = FakeGoogle(project=PROJECT)
+    fake = FakeGoogle(project=PROJECT, number=PROJECT_NUMBER)
     fake.start()
     for name, value in fake.overrides().items():
         monkeypatch.setenv(name, value)
