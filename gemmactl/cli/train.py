@@ -259,19 +259,31 @@ def _launch(cloud: Any, s: Any, spec: ports.JobSpec, overrides: ports.RunOverrid
               "state": execution.state, "image": spec.image, "output": runs.run_uri(s.bucket_name, run_id)}
     out.result(record)
     if not follow and not out.json_mode:
-        prefix = "gemmactl --local" if cloud.backend == "local" else "gemmactl"
+        prefix = _cmd(cloud)
         out.hint(f"`{prefix} logs {execution.name} --follow` · `{prefix} status` · `{prefix} results {run_id}`")
 
 
+def _cmd(cloud: Any) -> str:
+    """How the user reaches this backend again, for hints."""
+    return "gemmactl --local" if cloud.backend == "local" else "gemmactl"
+
+
 def _follow(cloud: Any, s: Any, execution: ports.Execution) -> ports.Execution:
+    cmd = _cmd(cloud)
     try:
         from gemmactl.logview import follow_execution
     except ImportError:
         raise GemmactlError(
             f"--follow is unavailable in this install (gemmactl.logview is missing); {execution.name} is running",
-            hint=f"gemmactl logs {execution.name} --follow",
+            hint=f"{cmd} logs {execution.name} --follow",
         ) from None
-    final = follow_execution(cloud, s, execution.name)
+    try:
+        final = follow_execution(cloud, s, execution.name)
+    except KeyboardInterrupt:
+        # Re-running `train` would start a second execution; say how to get back to this one instead.
+        out.warning(f"stopped following; execution {execution.name} keeps running")
+        out.hint(f"`{cmd} logs {execution.name} --follow` to watch it again, `{cmd} cancel {execution.name}` to stop it")
+        raise typer.Exit(130) from None
     if final.state == ports.SUCCEEDED:
         out.success(f"execution {final.name} succeeded")
         return final
@@ -279,7 +291,7 @@ def _follow(cloud: Any, s: Any, execution: ports.Execution) -> ports.Execution:
     raise JobFailedError(
         f"execution {final.name} {final.state.lower()}" + (f" ({detail})" if detail else ""),
         execution=final.name,
-        hint=f"`gemmactl logs {final.name}` shows the last lines; re-run the same `train` to retry",
+        hint=f"`{cmd} logs {final.name}` shows the last lines; re-run the same `train` to retry",
     )
 
 

@@ -244,3 +244,15 @@ def test_the_token_never_leaks(cli, cloud, logview):
     assert all(TOKEN not in o for o in outputs)
     assert cloud.secret_value_leaks(TOKEN) == []
     assert TOKEN not in repr(cloud.jobs.applied) + repr(cloud.jobs.runs)
+
+
+def test_ctrl_c_while_following_leaves_the_execution_running(cli, cloud, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    module = types.ModuleType("gemmactl.logview")
+    module.follow_execution = interrupted
+    monkeypatch.setitem(sys.modules, "gemmactl.logview", module)
+    result = _train(cli, "--follow", expect=130)
+    assert "keeps running" in result.stderr and "gemmactl cancel gemma-finetuning-job-00001" in result.stderr
+    assert cloud.jobs.executions["gemma-finetuning-job-00001"].state == ports.PENDING
