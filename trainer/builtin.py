@@ -91,10 +91,14 @@ def build_model_and_processor(asset_id: str, seed: int = 0):
 def _text_dims(tok) -> dict:
     return dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=64,
+                # 0.1 instead of 0.02: with a frozen, tied 64-wide embedding the default scale caps the logits
+                # at ~1.3, so no LoRA update could make any answer likely.
+                initializer_range=0.1,
                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
 
 
 def _tiny_gemma3(tok):
+    import torch
     from transformers import (
         Gemma3Config,
         Gemma3ForConditionalGeneration,
@@ -110,6 +114,9 @@ def _tiny_gemma3(tok):
                           boi_token_index=tok.boi_token_id, eoi_token_index=tok.eoi_token_id,
                           image_token_index=tok.image_token_id)
     model = Gemma3ForConditionalGeneration(config)
+    # transformers initialises the projector matrix to zeros (real checkpoints overwrite it), which would hide
+    # every image from the language model; a random projection keeps the classes apart.
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=32**-0.5)
     image_processor = Gemma3ImageProcessorPil(size={"height": 32, "width": 32}, image_mean=[0.5] * 3,
                                               image_std=[0.5] * 3)
     processor = Gemma3Processor(image_processor=image_processor, tokenizer=tok, chat_template=tok.chat_template,

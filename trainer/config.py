@@ -196,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m trainer",
         description="Fine-tune a Gemma 3 / Gemma 4 VLM on Oxford-IIIT Pet with LoRA and report accuracy.",
         argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,  # a typo must not silently match a longer flag
     )
+    parser.error = _parser_error  # argparse would print usage and exit 2; we raise so callers format one line
     parser.add_argument("--config", help="JSON file of TrainConfig fields; explicit flags override it")
     default = TrainConfig()
     for f in fields(TrainConfig):
@@ -207,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             parser.add_argument(flag, dest=f.name, metavar=f.name.upper(), help=f"default {value}")
     return parser
+
+
+def _parser_error(message: str):
+    raise ConfigError(f"{message} (see python -m trainer --help)")
 
 
 def _flag(name: str) -> str:

@@ -1,0 +1,40 @@
+"""Checkpoints: temp-dir + rename + marker, newest complete one wins, incomplete ones ignored, pruning."""
+
+from __future__ import annotations
+
+import json
+
+from trainer.checkpoint import MARKER, latest_checkpoint, save_checkpoint
+
+
+def _writer(payload: bytes):
+    def write(d):
+        (d / "adapter").mkdir()
+        (d / "adapter" / "w.bin").write_bytes(payload)
+        (d / "state.pt").write_bytes(b"s" * 10)
+
+    return write
+
+
+def test_latest_complete_wins_and_incomplete_is_ignored(tmp_path):
+    save_checkpoint(tmp_path, 10, _writer(b"a" * 100), keep=5)
+    save_checkpoint(tmp_path, 20, _writer(b"b" * 100), keep=5)
+    # A task killed mid-write: newer dir, no marker.
+    (tmp_path / "step-30").mkdir()
+    (tmp_path / "step-30" / "state.pt").write_bytes(b"partial")
+    # Killed mid-copy on FUSE: marker present but a listed file is short.
+    save_checkpoint(tmp_path, 40, _writer(b"c" * 100), keep=5)
+    (tmp_path / "step-40" / "adapter" / "w.bin").write_bytes(b"c" * 10)
+    # Leftover temp dir from a dead process.
+    (tmp_path / ".tmp-step-50-99999").mkdir()
+    step, path = latest_checkpoint(tmp_path)
+    assert step == 20 and path.name == "step-20"
+    assert json.loads((path / MARKER).read_text())["files"]["adapter/w.bin"] == 100
+
+
+def test_none_when_empty_and_pruning_keeps_newest(tmp_path):
+    assert latest_checkpoint(tmp_path / "missing") is None
+    for step in (5, 10, 15, 20):
+        save_checkpoint(tmp_path, step, _writer(b"x"), keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-15", "step-20"]
+    assert latest_checkpoint(tmp_path)[0] == 20
