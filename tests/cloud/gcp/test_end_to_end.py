@@ -54,3 +54,25 @@ def test_init_twice_against_google_apis(cli, google, gcs_emulator, bucket, proje
     assert google.mutations() == []
     assert {step["state"] for step in json.loads(second.stdout)["steps"]} == {"exists"}
     assert TOKEN not in second.output
+
+
+def test_train_and_status_against_cloud_run(cli, google, gcs_emulator, bucket, project_env):
+    cli("init", "--hf-token-file", project_env, "--json")
+    _as_gcs_reports_it(gcs_emulator, bucket)
+    image = "europe-west4-docker.pkg.dev/test-project/gemma-finetuning/gemma-finetune:latest"
+    google.requests.clear()
+
+    cli("train", "--size", "100", "--image", image, "--run-id", "r-e2e", "--json")
+
+    (patch,) = google.find("PATCH", "/jobs/")
+    assert patch.query == {"allowMissing": "true"} and patch.body["launchStage"] == 3
+    container = patch.body["template"]["template"]["containers"][0]
+    assert {"name": "HF_TOKEN", "valueSource": {"secretKeyRef": {"secret": "HF_TOKEN", "version": "latest"}}} \
+        in container["env"]
+    (run,) = google.find("POST", ":run$")
+    override = run.body["overrides"]["containerOverrides"][0]
+    assert {"name": "RUN_ID", "value": "r-e2e"} in override["env"]
+    assert all(TOKEN not in r.raw.decode() for r in google.requests)
+
+    status = json.loads(cli("status", "--json").stdout)
+    assert "r-e2e" in json.dumps(status)

@@ -152,3 +152,30 @@ def test_without_overrides_clients_use_google_endpoints_and_adc(monkeypatch):
     assert ctx.base_url("IAM") == "https://iam.googleapis.com"
     assert ctx.session("IAM").headers["x-goog-user-project"] == "billing-project"
     assert ctx.credentials("RUN") is adc
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected", "permission"),
+    [
+        ("Forbidden:x@y.iam.gserviceaccount.com does not have storage.objects.get access to the Google Cloud "
+         "Storage object.", errors.PermissionDeniedError, "storage.objects.get"),
+        ("Conflict:There were concurrent policy changes.", None, None),  # an etag race is retried, not "exists"
+        ("PreconditionFailed:At least one of the pre-conditions you specified did not hold.", None, None),
+        ("BadRequest:Service account a@b.iam.gserviceaccount.com does not exist.", errors.CloudError, None),
+    ],
+)
+def test_translate_classifies_raw_google_exceptions(exc, expected, permission):
+    from google.api_core import exceptions as gexc
+
+    from gemmactl.cloud.gcp._errors import is_etag_race, translate
+
+    kind, message = exc.split(":", 1)
+    raised = getattr(gexc, kind)(message)
+    if kind == "Conflict":
+        raised = gexc.Aborted(message)  # what gRPC raises; REST carries status ABORTED in the body
+    if expected is None:
+        assert is_etag_race(raised)
+        return
+    err = translate(raised, "do the thing")
+    assert type(err) is expected and err.message.startswith("do the thing: ")
+    assert getattr(err, "permission", None) == permission
