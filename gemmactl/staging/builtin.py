@@ -21,8 +21,7 @@ BUILTINS = {"tiny-gemma3": MODEL, "tiny-gemma4": MODEL, "synthetic-pets": DATASE
 _NEEDS = {MODEL: ("trainer.builtin", "torch", "transformers", "tokenizers"),
           DATASET: ("trainer.builtin", "numpy", "PIL", "pyarrow")}  # fmt: skip
 GENERATE_TIMEOUT_S = 900
-# The backslash keeps rich (out.hint renders markup) from eating "[trainer]" as a style tag.
-INSTALL_HINT = "pip install 'gemmactl\\[trainer]'"
+INSTALL_HINT = "pip install 'gemmactl[trainer]'"
 
 
 def check_builtin(asset_id: str, kind: str) -> str:
