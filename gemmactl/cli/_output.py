@@ -10,13 +10,21 @@ import json
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from gemmactl.errors import AbortedError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# rich is imported on first output, not at start-up: `gemmactl --help` never prints through `out`
+# and the import costs ~50 ms of the 0.25 s budget (BENCHMARKS.md).
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def _default(o: Any) -> Any:
@@ -32,12 +40,30 @@ class Output:
 
     def __init__(self) -> None:
         self.json_mode = False
-        self.console = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self._console: Console | None = None
+        self._err: Console | None = None
 
     def reset(self) -> None:
         """Fresh consoles bound to the current sys.stdout/stderr (CliRunner swaps them per test)."""
         self.__init__()
+
+    @property
+    def console(self) -> Console:
+        """The stdout console, created on first use."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(highlight=False, soft_wrap=True)
+        return self._console
+
+    @property
+    def err(self) -> Console:
+        """The stderr console (messages, progress), created on first use."""
+        if self._err is None:
+            from rich.console import Console
+
+            self._err = Console(stderr=True, highlight=False, soft_wrap=True)
+        return self._err
 
     # ------------------------------------------------------------------ results (stdout)
 
@@ -53,6 +79,8 @@ class Output:
         if self.json_mode:
             self.json(data)
             return
+        from rich.table import Table
+
         table = Table(title=title, show_header=False, box=None, pad_edge=False)
         table.add_column(style="bold")
         table.add_column()
@@ -73,6 +101,8 @@ class Output:
         if self.json_mode:
             self.json(json_rows if json_rows is not None else [dict(zip(columns, r, strict=False)) for r in rows])
             return
+        from rich.table import Table
+
         table = Table(title=title, title_justify="left")
         for column in columns:
             # Fold rather than truncate: names and fix commands must stay copy-pasteable.

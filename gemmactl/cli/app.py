@@ -66,7 +66,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
     add_completion=False,
-    rich_markup_mode="rich",
+    # Plain Click help: typer's rich help renderer imports markdown-it, pygments and rich.traceback
+    # (~160 ms of the 0.25 s start-up budget, BENCHMARKS.md); errors are ours and print via rich anyway.
+    rich_markup_mode=None,
 )
 
 
