@@ -256,11 +256,19 @@ def _launch(cloud: Any, s: Any, spec: ports.JobSpec, overrides: ports.RunOverrid
     if follow:
         execution = _follow(cloud, s, execution)
     record = {"run_id": run_id, "execution": execution.name, "job": spec.name, "job_created": created,
-              "state": execution.state, "image": spec.image, "output": runs.run_uri(s.bucket_name, run_id)}
+              "state": execution.state, "image": spec.image, "output": _output_location(cloud, s, run_id)}
     out.result(record)
     if not follow and not out.json_mode:
         prefix = _cmd(cloud)
         out.hint(f"`{prefix} logs {execution.name} --follow` · `{prefix} status` · `{prefix} results {run_id}`")
+
+
+def _output_location(cloud: Any, s: Any, run_id: str) -> str:
+    """gs://bucket/runs/<id>/, or the directory itself on the local backend."""
+    from gemmactl import runs
+
+    local = cloud.storage.local_path(s.bucket_name)
+    return f"{local}/{runs.run_prefix(run_id)}" if local else runs.run_uri(s.bucket_name, run_id)
 
 
 def _cmd(cloud: Any) -> str:

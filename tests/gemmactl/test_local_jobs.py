@@ -105,6 +105,7 @@ def test_local_train_runs_the_trainer_like_the_job_would(cli, local):
     assert final.state == ports.SUCCEEDED and final.run_id == "r1" and final.retried == 0
 
     bucket_dir = Path(local.storage.local_path(BUCKET))
+    assert started["output"] == f"{bucket_dir}/runs/r1/"
     assert (bucket_dir / "runs/r1/fake.txt").read_text() == f"{BUCKET} r1"
     assert json.loads((bucket_dir / "runs/r1/config.json").read_text())["train_size"] == 74
     texts = _log_texts(local, started["execution"])
