@@ -107,7 +107,9 @@ def observe(cloud: Cloud, s: Settings) -> Snapshot:
     local = cloud.backend == "local"
     services = {} if local else cloud.services.enabled(list(REQUIRED_APIS))
     up = (lambda api: True) if local else (lambda api: services.get(api, False))
-    number = None if local else _maybe(lambda: cloud.services.get_project().number)
+    # The project number tells our buckets from other projects'; it needs Resource Manager up.
+    crm_up = not local and up("cloudresourcemanager.googleapis.com")
+    number = _maybe(lambda: cloud.services.get_project().number) if crm_up else None
     snap = Snapshot(local=local, services=services, project_number=number)
     if up("storage.googleapis.com"):
         snap = replace(snap, bucket=_read_bucket(cloud, s, number))

@@ -204,3 +204,25 @@ def _bucket(location: str, fake) -> object:
     from tests.fakes.fake_cloud import _Bucket
 
     return _Bucket(BucketInfo(BUCKET, location, project_number=fake.number), {}, Policy(etag="b1"))
+
+
+def test_fresh_project_is_observed_without_touching_disabled_apis(fake_cloud):
+    from gemmactl.errors import ServiceDisabledError
+
+    # Every read behind a disabled API would fail; observe must not even try them.
+    for name in ("services.get_project", "storage.get_bucket", "secrets.get_secret", "iam.get_service_account",
+                 "registry.get_repository", "iam.get_project_policy"):
+        fake_cloud.fail_next(name, ServiceDisabledError("disabled", service=name))
+
+    snap = setup.observe(fake_cloud.for_settings(None), _settings())
+
+    assert snap.services and not any(snap.services.values()) and snap.bucket is None
+
+
+def test_prompted_token_is_stripped_and_must_not_be_empty():
+    from gemmactl import tokens
+    from gemmactl.errors import UsageError
+
+    assert tokens.prompt_token(lambda prompt: f" {TOKEN} \n") == SecretText(TOKEN)
+    with pytest.raises(UsageError, match="no Hugging Face token"):
+        tokens.prompt_token(lambda prompt: "   ")
