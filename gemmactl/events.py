@@ -133,7 +133,9 @@ def describe(event: dict[str, Any]) -> str:
     if kind == "start":
         resumed = event.get("resumed_from_step") or 0
         tail = f", resuming from step {resumed}" if resumed else ""
-        return (f"run {event.get('run_id', '?')} (attempt {event.get('attempt', 1)}): {event.get('model_id', '?')} "
+        # Cloud Run's CLOUD_RUN_TASK_ATTEMPT counts from 0: attempt 0 is the first try.
+        retry = f" (retry {event['attempt']})" if event.get("attempt") else ""
+        return (f"run {event.get('run_id', '?')}{retry}: {event.get('model_id', '?')} "
                 f"on {event.get('dataset', '?')}, train {event.get('train_size', '?')} / eval "
                 f"{event.get('eval_size', '?')}, {event.get('total_steps', '?')} steps{tail}")
     if kind == "step":
@@ -313,8 +315,10 @@ def eval_table(rows: list[dict[str, Any]], *, title: str | None = None) -> Table
 def comparison_table(done: dict[str, Any], evals: dict[tuple[str, str], dict[str, Any]]) -> Table:
     """Baseline vs fine-tuned with deltas, from a done event (CIs from the eval events when seen)."""
     base, final = done.get("baseline") or {}, done.get("final") or {}
-    ci_of = {phase: e.get("accuracy_ci95") for (phase, _), e in evals.items()}
-    table = Table(title="baseline vs fine-tuned", title_justify="left")
+    ci_of = {phase: _matching(evals, phase, headline).get("accuracy_ci95")
+             for phase, headline in (("baseline", base), ("final", final))}
+    mode = _matching(evals, "final", final).get("mode")
+    table = Table(title="baseline vs fine-tuned" + (f" ({mode})" if mode else ""), title_justify="left")
     for column in ("metric", "baseline", "fine-tuned", "delta"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     table.add_row("accuracy", f"{pct(base.get('accuracy'))} {ci(ci_of.get('baseline'))}".replace(" -", ""),
@@ -323,6 +327,15 @@ def comparison_table(done: dict[str, Any], evals: dict[tuple[str, str], dict[str
     table.add_row("macro-F1", _num(base.get("macro_f1")), _num(final.get("macro_f1")),
                   signed(_diff(final.get("macro_f1"), base.get("macro_f1"))))
     return table
+
+
+def _matching(evals: dict[tuple[str, str], dict[str, Any]], phase: str, headline: dict[str, Any]) -> dict[str, Any]:
+    """The eval event of `phase` the done event's headline came from (the trainer's primary mode)."""
+    for (p, _), e in evals.items():
+        if p == phase and e.get("accuracy") == headline.get("accuracy") and \
+                e.get("macro_f1") == headline.get("macro_f1"):
+            return e
+    return {}
 
 
 def _diff(a: Any, b: Any) -> float | None:

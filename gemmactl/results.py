@@ -110,6 +110,28 @@ def most_confused(report: dict[str, Any], count: int = 5) -> list[dict[str, Any]
             if i < len(labels) and j < len(labels)]
 
 
+def primary_mode(metrics: dict[str, Any]) -> str | None:
+    """The eval mode the headline numbers come from (the first of several when eval_mode is "both")."""
+    for mode, report in (metrics.get("final_by_mode") or {}).items():
+        if report.get("accuracy") == metrics["final"].get("accuracy") and \
+                report.get("macro_f1") == metrics["final"].get("macro_f1"):
+            return mode
+    return metrics.get("eval_mode")
+
+
+def by_mode(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Baseline, fine-tuned and delta per eval mode, when the trainer measured several."""
+    base, final = metrics.get("baseline_by_mode") or {}, metrics.get("final_by_mode") or {}
+    rows = {}
+    for mode in final:
+        if mode in base:
+            b, f = _headline(base[mode]), _headline(final[mode])
+            rows[mode] = {"baseline": b, "final": f, "delta": {
+                k: f[k] - b[k] for k in ("accuracy", "macro_f1")
+                if isinstance(f.get(k), int | float) and isinstance(b.get(k), int | float)}}
+    return rows
+
+
 def summarize(run_id: str, metrics: dict[str, Any], *, worst: int = 5) -> dict[str, Any]:
     """The --json document of `gemmactl results` (and what the tables show)."""
     base, final = metrics["baseline"], metrics["final"]
@@ -127,6 +149,8 @@ def summarize(run_id: str, metrics: dict[str, Any], *, worst: int = 5) -> dict[s
             "accuracy": delta.get("accuracy", final["accuracy"] - base["accuracy"]),
             "macro_f1": delta.get("macro_f1", (final.get("macro_f1") or 0) - (base.get("macro_f1") or 0)),
         },
+        "primary_mode": primary_mode(metrics),
+        "by_mode": by_mode(metrics),
         "worst_classes": worst_classes(final, worst),
         "most_confused": most_confused(final, worst),
         "timings": metrics.get("timings") or {},

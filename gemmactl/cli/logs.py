@@ -53,7 +53,9 @@ def logs(
         out.success(f"execution {final.name} succeeded")
         return
     if not logview.dump_logs(cloud, s, name, since=start, min_severity=level):
-        out.info(f"no log entries for {logview.short_execution_name(name)} yet")
+        which = f" at {level} or above" if level else ""
+        out.info(f"no log entries{which} for {logview.short_execution_name(name)}"
+                 + (" since " + start.isoformat(timespec="seconds") if start else " yet"))
 
 
 def latest_execution(cloud, s) -> str:  # noqa: ANN001 - Cloud and Settings, kept light at import time

@@ -66,7 +66,7 @@ def _show(summary: dict[str, Any]) -> None:
     base, final, delta = summary["baseline"], summary["final"], summary["delta"]
     what = ", ".join(f"{k} {summary[k]}" for k in ("model", "dataset", "train_size") if summary.get(k) is not None)
     out.text(f"[bold]run {summary['run']}[/bold]" + (f": {what}" if what else "")
-             + f" · eval {summary.get('eval_mode') or '-'}, n={final.get('n')}")
+             + f" · eval {summary.get('primary_mode') or '-'}, n={final.get('n')}")
     out.table(
         ["metric", "baseline", "fine-tuned", "delta"],
         [["accuracy", f"{ev.pct(base['accuracy'])} {ev.ci(base.get('accuracy_ci95'))}",
@@ -77,6 +77,13 @@ def _show(summary: dict[str, Any]) -> None:
           ev.signed(_diff(final.get("unknown_rate"), base.get("unknown_rate")), percent=True)]],
         title="baseline vs fine-tuned (accuracy with its 95 % CI)",
     )
+    if len(summary.get("by_mode") or {}) > 1:
+        out.table(["eval mode", "baseline", "fine-tuned", "delta", "macro-F1 (base → tuned)"],
+                  [[mode, ev.pct(r["baseline"]["accuracy"]), ev.pct(r["final"]["accuracy"]),
+                    ev.signed(r["delta"].get("accuracy"), percent=True),
+                    f"{r['baseline']['macro_f1']:.3f} → {r['final']['macro_f1']:.3f}"]
+                   for mode, r in summary["by_mode"].items()],
+                  title="accuracy by eval mode")
     if summary["worst_classes"]:
         out.table(["class", "F1", "precision", "recall", "support"],
                   [[r["label"], f"{r.get('f1', 0):.2f}", f"{r.get('precision', 0):.2f}",

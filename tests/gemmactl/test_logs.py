@@ -34,7 +34,7 @@ def run_job(fake, outcome: Outcome | str = ports.SUCCEEDED, *, run_id: str = "ru
 
 TRAINER_OUTPUT = [
     "Loading checkpoint shards: 100%",
-    {"event": "start", "time": "2026-01-01T00:00:02.000Z", "run_id": "run-1", "attempt": 1,
+    {"event": "start", "time": "2026-01-01T00:00:02.000Z", "run_id": "run-1", "attempt": 0,
      "model_id": "builtin/tiny-gemma3", "dataset": "builtin/synthetic-pets", "train_size": 64, "eval_size": 16,
      "total_steps": 8, "resumed_from_step": 0},
     step(4, total=8),
@@ -59,7 +59,7 @@ def test_logs_shows_the_latest_execution_with_progress_rendered(cli, fake_cloud,
 
     assert "old run line" not in result.stdout
     assert "Loading checkpoint shards: 100%" in result.stdout
-    assert "run run-1 (attempt 1): builtin/tiny-gemma3" in result.stdout
+    assert "run run-1: builtin/tiny-gemma3" in result.stdout
     assert "step 8/8 (100%)" in result.stdout and "loss 0.2500" in result.stdout
     assert "75.0 %" in result.stdout and "[50.0, 90.0]" in result.stdout
 

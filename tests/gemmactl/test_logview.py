@@ -161,7 +161,7 @@ def test_step_events_render_as_progress_lines_when_piped():
         view.event({"event": "checkpoint", "time": "2026-01-01T12:00:51.000Z", "step": 50, "path": "/ck/50"})
 
     text = buffer.getvalue()
-    assert "run run-1 (attempt 2): google/gemma-3-4b-it on timm/oxford-iiit-pet" in text
+    assert "run run-1 (retry 2): google/gemma-3-4b-it on timm/oxford-iiit-pet" in text
     assert "resuming from step 40" in text
     assert "step 50/100 (50%)" in text
     assert "loss 0.0400" in text and "3.2 samples/s" in text and "ETA 9m10s" in text and "GPU 31.2 GiB" in text
@@ -371,3 +371,25 @@ def test_since_and_severity_parsing():
         logview.parse_since("yesterday")
     with pytest.raises(UsageError):
         logview.parse_severity("loud")
+
+
+def test_done_table_takes_each_ci_from_the_mode_the_headline_came_from():
+    view, buffer = render()
+
+    def evaluation(phase, mode, accuracy, lo, hi):
+        return {"event": "eval", "time": f"2026-01-01T12:0{len(phase)}:0{len(mode)}.000Z", "phase": phase,
+                "mode": mode, "accuracy": accuracy, "macro_f1": accuracy / 2, "n": 370, "unknown_rate": 0.0,
+                "accuracy_ci95": [lo, hi]}
+
+    with view:
+        view.event(evaluation("baseline", "generate", 0.10, 0.07, 0.14))
+        view.event(evaluation("baseline", "constrained", 0.30, 0.25, 0.35))
+        view.event(evaluation("final", "generate", 0.80, 0.75, 0.84))
+        view.event(evaluation("final", "constrained", 0.90, 0.86, 0.93))
+        view.event({"event": "done", "time": "2026-01-01T12:30:00.000Z", "metrics_path": "/m.json",
+                    "baseline": {"accuracy": 0.10, "macro_f1": 0.05}, "final": {"accuracy": 0.80, "macro_f1": 0.40},
+                    "elapsed_s": 60})
+    comparison = buffer.getvalue().split("baseline vs fine-tuned")[1]
+    assert "(generate)" in comparison.splitlines()[0]
+    assert "10.0 % [7.0, 14.0]" in comparison and "80.0 % [75.0, 84.0]" in comparison
+    assert "+70.0 pp" in comparison

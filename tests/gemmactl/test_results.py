@@ -172,3 +172,19 @@ def test_summary_and_plots_are_pure_functions_of_the_metrics():
     assert res.most_confused(m["final"], 2)[0]["count"] == 1
     assert res.loss_png(m["train_loss"]).startswith(PNG)
     assert res.confusion_png(m["baseline"]).startswith(PNG)
+
+
+def test_runs_evaluated_in_both_modes_show_each_mode(cli, fake_cloud):
+    m = metrics()
+    constrained_base, constrained_final = metrics(20, 36)["baseline"], metrics(20, 36)["final"]
+    m.update(eval_mode="both", baseline_by_mode={"generate": m["baseline"], "constrained": constrained_base},
+             final_by_mode={"generate": m["final"], "constrained": constrained_final})
+    put(fake_cloud, "runs/r1/metrics.json", m)
+
+    text = cli("--project", "test-project", "results", "--no-plots").stdout
+    summary = json.loads(cli("--project", "test-project", "results", "--no-plots", "--json").stdout)
+
+    assert "eval generate, n=37" in text and "accuracy by eval mode" in text
+    assert "54.1 %" in text and "97.3 %" in text  # constrained: 20/37 → 36/37
+    assert summary["primary_mode"] == "generate"
+    assert summary["by_mode"]["constrained"]["delta"]["accuracy"] == 16 / 37
