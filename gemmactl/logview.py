@@ -170,6 +170,9 @@ class _Follower:
         self.requests = 0
 
     def run(self) -> Execution:
+        if not self.execution.done:
+            self.view.note(f"following {self.execution.name} ({self.execution.state}); Ctrl-C stops following, "
+                           "not the job")
         while True:
             self.poll_logs()
             self.maybe_fall_back()
@@ -181,9 +184,11 @@ class _Follower:
         return self.execution
 
     def refresh_status(self) -> None:
-        s = self.settings
+        s, before = self.settings, self.execution.state
         self.execution = self.cloud.jobs.get_execution(s.region, s.job, self.execution.name)
         self.last_status = self.clock()
+        if self.execution.state != before:
+            self.view.note(f"execution {self.execution.name}: {before} → {self.execution.state}")
 
     def poll_logs(self) -> int:
         """One Logging read (paced); renders what is new and returns how many entries that was."""
@@ -320,7 +325,7 @@ def default_since(execution: Execution) -> datetime:
     return datetime.now(UTC) - timedelta(days=1)
 
 
-def raise_for_execution(execution: Execution) -> None:
+def raise_for_execution(execution: Execution, *, cmd: str = "gemmactl") -> None:
     """JobFailedError (exit 1, with Cloud Run's reason) unless the execution succeeded."""
     if execution.state == "SUCCEEDED":
         return
@@ -329,7 +334,7 @@ def raise_for_execution(execution: Execution) -> None:
     raise JobFailedError(
         f"execution {execution.name} {what}" + (f" ({detail})" if detail else ""),
         execution=execution.name,
-        hint=f"gemmactl logs {execution.name} --severity ERROR, or `gemmactl status`",
+        hint=f"`{cmd} logs {execution.name} --severity ERROR` shows the errors, `{cmd} status` the retries",
     )
 
 

@@ -47,9 +47,16 @@ def logs(
     start, level = logview.parse_since(since), logview.parse_severity(severity)
     s, cloud = connect(settings(ctx))
     name = execution or latest_execution(cloud, s)
+    cmd = "gemmactl --local" if cloud.backend == "local" else "gemmactl"
     if follow:
-        final = logview.follow_execution(cloud, s, name, since=start, min_severity=level)
-        logview.raise_for_execution(final)
+        try:
+            final = logview.follow_execution(cloud, s, name, since=start, min_severity=level)
+        except KeyboardInterrupt:
+            short = logview.short_execution_name(name)
+            out.warning(f"stopped following; execution {short} keeps running")
+            out.hint(f"`{cmd} logs {short} --follow` to watch it again, `{cmd} cancel {short}` to stop it")
+            raise typer.Exit(130) from None
+        logview.raise_for_execution(final, cmd=cmd)
         out.success(f"execution {final.name} succeeded")
         return
     if not logview.dump_logs(cloud, s, name, since=start, min_severity=level):

@@ -148,3 +148,17 @@ def test_unknown_execution_is_one_line_not_a_traceback(cli, fake_cloud):
 def test_logs_help_has_examples(cli):
     result = cli("logs", "--help")
     assert "--follow" in result.stdout and "gemmactl logs --follow" in result.stdout
+
+
+def test_ctrl_c_stops_following_but_not_the_job(cli, fake_cloud, clock):
+    execution = run_job(fake_cloud)
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    clock.at(5, interrupt)
+    result = cli("--project", "test-project", "logs", "--follow", expect=130)
+
+    assert f"stopped following; execution {execution.name} keeps running" in result.stderr
+    assert f"gemmactl cancel {execution.name}" in result.stderr
+    assert fake_cloud.jobs.get_execution(REGION, JOB, execution.name).state == ports.RUNNING

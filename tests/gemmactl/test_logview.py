@@ -393,3 +393,23 @@ def test_done_table_takes_each_ci_from_the_mode_the_headline_came_from():
     assert "(generate)" in comparison.splitlines()[0]
     assert "10.0 % [7.0, 14.0]" in comparison and "80.0 % [75.0, 84.0]" in comparison
     assert "+70.0 pp" in comparison
+
+
+def test_live_follow_on_a_terminal_reports_state_changes_and_progress():
+    fake, t = FakeCloud(), FakeTime()
+    fake.storage.create_bucket(BUCKET, location="EUROPE-WEST4", labels={})
+    fake.jobs.apply(ports.JobSpec(name=SETTINGS.job, region=SETTINGS.region, image="img"))
+    execution = fake.jobs.run(SETTINGS.region, SETTINGS.job, ports.RunOverrides(env={"RUN_ID": "run-1"}))
+    t.at(6, lambda: fake.jobs.advance(execution.name))  # PENDING → RUNNING (GPU capacity found)
+    t.at(8, lambda: fake.logs.add(execution.name, step(5, total=10), job=SETTINGS.job))
+    t.at(12, lambda: fake.jobs.advance(execution.name))
+    view, buffer = render(live=True)
+
+    final = logview.follow_execution(fake.for_settings(SETTINGS), SETTINGS, execution.name,
+                                     clock=t.clock, sleep=t.sleep, view=view)
+
+    text = buffer.getvalue()
+    assert final.state == ports.SUCCEEDED
+    assert f"following {execution.name} (PENDING)" in text
+    assert "PENDING → RUNNING" in text and "RUNNING → SUCCEEDED" in text
+    assert "training" in text and "5/10" in text and "loss 0.4000" in text
