@@ -338,8 +338,13 @@ def raise_for_execution(execution: Execution, *, cmd: str = "gemmactl") -> None:
     )
 
 
-def default_view(*, follow: bool) -> Any:
-    """The renderer bound to the CLI's `out` (live bar only when both streams are terminals)."""
+def default_view(*, follow: bool, stderr: bool = False) -> Any:
+    """The renderer bound to the CLI's `out`: a live bar only when both streams are terminals, raw JSON
+    lines in --json mode. `stderr=True` renders progress for people on stderr whatever the mode, for a
+    command whose own --json result owns stdout (e.g. `train --follow --json`)."""
     from gemmactl.cli._output import out
+
+    if stderr:
+        return ev.Renderer(out.err, live=follow and out.err.is_terminal)
     live = follow and not out.json_mode and out.console.is_terminal and out.err.is_terminal
-    return ev.Renderer(out.err if live else out.console, live=live, json_mode=out.json_mode)
+    return ev.Renderer(out.err if live else out.console, live=live, json_mode=out.json_mode, err=out.err)

@@ -162,3 +162,14 @@ def test_ctrl_c_stops_following_but_not_the_job(cli, fake_cloud, clock):
     assert f"stopped following; execution {execution.name} keeps running" in result.stderr
     assert f"gemmactl cancel {execution.name}" in result.stderr
     assert fake_cloud.jobs.get_execution(REGION, JOB, execution.name).state == ports.RUNNING
+
+
+def test_follow_json_keeps_stdout_machine_readable(cli, fake_cloud, clock):
+    execution = run_job(fake_cloud, Outcome(logs=TRAINER_OUTPUT))
+    clock.at(12, lambda: fake_cloud.jobs.advance(execution.name))
+
+    result = cli("--project", "test-project", "logs", "--follow", "--json")
+
+    entries = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(entries) == len(TRAINER_OUTPUT)
+    assert "following" in result.stderr and "RUNNING → SUCCEEDED" in result.stderr
