@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +95,7 @@ class LogCursor:
     def take(self, entries: list[LogEntry]) -> list[LogEntry]:
         """The entries not returned before, oldest first; advances the cursor past them."""
         fresh = []
+        entries = [e if e.timestamp.tzinfo else replace(e, timestamp=e.timestamp.replace(tzinfo=UTC)) for e in entries]
         for entry in sorted(entries, key=lambda e: e.timestamp):
             if entry.timestamp < self.since or (entry.timestamp == self.since and entry.insert_id in self.seen):
                 continue

@@ -413,3 +413,9 @@ def test_live_follow_on_a_terminal_reports_state_changes_and_progress():
     assert f"following {execution.name} (PENDING)" in text
     assert "PENDING → RUNNING" in text and "RUNNING → SUCCEEDED" in text
     assert "training" in text and "5/10" in text and "loss 0.4000" in text
+
+
+def test_cursor_treats_naive_timestamps_as_utc():
+    cursor = logview.LogCursor(since=T0)
+    naive = entry(1, "naive", at=(T0 + timedelta(seconds=1)).replace(tzinfo=None))
+    assert [e.text for e in cursor.take([naive])] == ["naive"] and cursor.since.tzinfo is not None
