@@ -9,6 +9,7 @@ an `{"event": "error", ...}` JSON object and the last stderr line is `error: <re
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"invalid configuration: {exc}", JsonlSink(None))
         return 2
     sink = JsonlSink(Path(cfg.output_dir) / "events.jsonl")
+    # Progress bars would flood Cloud Logging with carriage-return lines; events carry the progress instead.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         from trainer.run import run  # heavy imports (torch, transformers) only after the config is known good
 

@@ -1,0 +1,97 @@
+"""Loss masking on the Gemma 3 and Gemma 4 processors; LoRA targeting; Gemma 4 forward/backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer.builtin import synthetic_image
+from trainer.collate import IGNORE, MaskingError, build_chat_format, encode_train_sample, pad_batch
+from trainer.config import TrainConfig
+from trainer.labels import LABELS
+from trainer.model import apply_lora, wrapped_module_names
+from trainer.train import forward_loss
+
+
+@pytest.mark.parametrize("family", ["tiny_gemma3", "tiny_gemma4"])
+@pytest.mark.parametrize("label", [2, 4, 28])
+def test_unmasked_tokens_are_exactly_answer_and_end_of_turn(request, family, label):
+    _, processor = request.getfixturevalue(family)
+    fmt = build_chat_format(processor, "list")
+    sample = encode_train_sample(processor, fmt, synthetic_image(label, 0), label)
+    ids, labels = sample["input_ids"][0], sample["labels"][0]
+    kept = ids[labels != IGNORE]
+    end = "<end_of_turn>" if family == "tiny_gemma3" else "<turn|>"
+    assert fmt.end_of_turn == end
+    assert processor.tokenizer.decode(kept) == LABELS[label] + end
+    # the unmasked block is contiguous, at the very end, and the labels equal the ids there
+    n = len(kept)
+    assert torch.equal(labels[-n:], ids[-n:]) and (labels[:-n] == IGNORE).all()
+    # one <bos> (the template's), and the model turn opens right before the answer
+    assert (ids == processor.tokenizer.bos_token_id).sum() == 1
+    assert processor.tokenizer.decode(ids[:-n]).endswith("model\n")
+
+
+def test_gemma4_variable_image_token_counts_keep_the_mask_exact(tiny_gemma4):
+    _, processor = tiny_gemma4
+    fmt = build_chat_format(processor, "short")
+    wide = synthetic_image(3, 0).resize((64, 24))
+    samples = [encode_train_sample(processor, fmt, img, 3) for img in (synthetic_image(3, 0), wide)]
+    counts = [int((s["input_ids"] == processor.tokenizer.image_token_id).sum()) for s in samples]
+    assert counts[0] != counts[1]  # aspect ratio changes the soft-token count
+    batch = pad_batch(samples, processor.tokenizer.pad_token_id)
+    for row in range(2):
+        kept = batch["input_ids"][row][batch["labels"][row] != IGNORE]
+        assert processor.tokenizer.decode(kept) == LABELS[3] + "<turn|>"
+
+
+def test_template_without_end_of_turn_fails_loudly(tiny_gemma3):
+    _, processor = tiny_gemma3
+
+    class NoEot:
+        tokenizer = processor.tokenizer
+        chat_template = "{% for m in messages %}{{ m['content'][0]['text'] if m['content'][0]['type'] == 'text' " \
+                        "else m['content'][-1]['text'] }}{% endfor %}"
+
+        def apply_chat_template(self, messages, **kw):
+            return processor.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, **kw)
+
+    with pytest.raises(MaskingError, match="end-of-turn"):
+        build_chat_format(NoEot())
+
+
+def test_gemma3_language_lora_skips_the_vision_tower(tiny_gemma3):
+    model, _ = tiny_gemma3
+    import copy
+
+    peft_model = apply_lora(copy.deepcopy(model), TrainConfig(lora_r=4))
+    names = wrapped_module_names(peft_model)
+    assert names and all("language_model" in n for n in names)
+    assert not any("vision" in n for n in names)
+
+
+@pytest.mark.parametrize("target", ["language", "all-linear"])
+def test_gemma4_lora_targets_never_wrap_clippable_linear(tiny_gemma4, target):
+    import copy
+
+    model, processor = tiny_gemma4
+    peft_model = apply_lora(copy.deepcopy(model), TrainConfig(lora_r=4, lora_target=target))
+    modules = dict(peft_model.named_modules())
+    names = wrapped_module_names(peft_model)
+    assert names
+    assert not any(type(modules[n]).__name__ == "Gemma4ClippableLinear" for n in names)
+    if target == "language":
+        assert all("language_model" in n for n in names)
+    else:  # all-linear reaches the vision tower through the wrapper's inner .linear
+        assert any("vision" in n and n.endswith(".linear") for n in names)
+
+    # forward + backward through the LoRA'd model: finite loss, gradients only on adapters
+    fmt = build_chat_format(processor, "short")
+    batch = pad_batch([encode_train_sample(processor, fmt, synthetic_image(i, 0), i) for i in (1, 9)],
+                      processor.tokenizer.pad_token_id)
+    peft_model.train()
+    loss = forward_loss(peft_model, batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = {n for n, p in peft_model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all("lora_" in n for n in grads)
