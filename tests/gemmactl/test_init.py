@@ -226,3 +226,11 @@ def test_prompted_token_is_stripped_and_must_not_be_empty():
     assert tokens.prompt_token(lambda prompt: f" {TOKEN} \n") == SecretText(TOKEN)
     with pytest.raises(UsageError, match="no Hugging Face token"):
         tokens.prompt_token(lambda prompt: "   ")
+
+
+def test_dry_run_without_a_token_does_not_ask(cli, fake_cloud):
+    result = cli("--project", "test-project", "init", "--dry-run", "--json")
+
+    version = [s for s in json.loads(result.stdout)["steps"] if s["resource"] == "secret version"][0]
+    assert version["state"] == "create" and "--hf-token-file" in version["detail"]
+    assert fake_cloud.mutations == []
