@@ -81,7 +81,8 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
 
     # ---------------------------------------------------------------- train
     t = time.perf_counter()
-    set_seed(cfg.seed + state.step)  # dropout stream continues deterministically after a resume
+    if not found:  # a resumed run keeps the RNG state restored from its checkpoint: same dropout masks
+        set_seed(cfg.seed)
     state = train(model, loaded.processor, samples, cfg, state, opt, sched, total, loaded.device, sink)
     timings["train_s"] = time.perf_counter() - t
     model.save_pretrained(out / "adapter")

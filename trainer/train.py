@@ -127,7 +127,10 @@ def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, s
     workers = cfg.num_workers if device.type == "cuda" else 0  # CPU runs: workers only compete for the cores
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                          collate_fn=partial(pad_batch, pad_id=processor.tokenizer.pad_token_id),
-                                         pin_memory=device.type == "cuda", persistent_workers=False)
+                                         pin_memory=device.type == "cuda", persistent_workers=False,
+                                         # own generator: the loader's worker-seed draw must not advance the
+                                         # global RNG, or a resumed run would get other dropout masks
+                                         generator=torch.Generator().manual_seed(cfg.seed + state.step))
     batches = iter(loader)
     model.train()
     started, first_step = time.perf_counter(), state.step

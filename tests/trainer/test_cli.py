@@ -76,7 +76,7 @@ def test_end_to_end_outputs_contract_and_merge(tmp_path):
 @pytest.mark.slow
 def test_resume_after_sigkill_mid_training(tmp_path):
     out = tmp_path / "run"
-    args = [*TINY, "--output-dir", str(out), "--train-size", "370", "--eval-size", "37", "--num-epochs", "3",
+    args = [*TINY, "--output-dir", str(out), "--train-size", "185", "--eval-size", "37", "--num-epochs", "2",
             "--save-steps", "5", "--eval-mode", "constrained"]
     proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=trainer_env())
