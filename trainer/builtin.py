@@ -14,6 +14,7 @@ from __future__ import annotations
 import colorsys
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -128,7 +129,7 @@ def _tiny_gemma3(tok):
 def _tiny_gemma4(tok):
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4ImageProcessorPil
 
-    from trainer.processing import load_gemma4_processor
+    from trainer.processing import Gemma4LiteProcessor
 
     text = _text_dims(tok) | dict(vocab_size_per_layer_input=len(tok), hidden_size_per_layer_input=8,
                                   global_head_dim=32, layer_types=["sliding_attention", "full_attention"])
@@ -144,7 +145,9 @@ def _tiny_gemma4(tok):
     # 32x32 px / patch 4 = 64 patches, pooled 2x2 -> 16 soft tokens per image (budget 70 -> max 280 patches).
     image_processor = Gemma4ImageProcessorPil(patch_size=4, pooling_kernel_size=2, max_soft_tokens=70,
                                               size={"height": 32, "width": 32})
-    processor = load_gemma4_processor(tok, image_processor, tok.chat_template, image_seq_length=70)
+    # The lite processor on every machine: transformers' Gemma4Processor needs torchvision and audio/video parts
+    # the tiny model lacks (and its constructor rewrites the tokenizer's special-token list).
+    processor = Gemma4LiteProcessor(tok, image_processor, tok.chat_template, image_seq_length=70)
     _set_generation_config(model, tok, "<turn|>")
     return model, processor
 
@@ -228,6 +231,7 @@ def write_dataset(out_dir: Path, seed: int = 0) -> None:
 
 # ---------------------------------------------------------------------------- CLI
 def main(argv: list[str]) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # one JSON line out, no progress bars
     if len(argv) != 2:
         print(__doc__.strip().splitlines()[2:5], file=sys.stderr)
         print("error: usage: python -m trainer.builtin ID OUT_DIR", file=sys.stderr)

@@ -54,8 +54,10 @@ def build_chat_format(processor, prompt_style: str = "list") -> ChatFormat:
     tokenizer = processor.tokenizer
     suffix = full[full.index(_SENTINEL) + len(_SENTINEL):]
     suffix_ids = tokenizer.encode(suffix, add_special_tokens=False)
-    specials = set(tokenizer.all_special_ids)
-    if not suffix_ids or suffix_ids[0] not in specials:
+    # A control token: special, or at least an added (never split) token. Gemma4Processor's constructor re-registers
+    # the special-token list, after which <turn|> is only an added token.
+    control = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    if not suffix_ids or suffix_ids[0] not in control:
         raise MaskingError(f"the chat template ends the model turn with {suffix!r}, not a special end-of-turn token")
     eot_id = suffix_ids[0]
     return ChatFormat(prompt_text=prompt, end_of_turn_id=eot_id, end_of_turn=tokenizer.convert_ids_to_tokens(eot_id))

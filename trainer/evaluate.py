@@ -45,9 +45,18 @@ def predict_generate(model, processor, fmt: ChatFormat, examples: list[Example],
     for chunk in _batches(examples, batch_size):
         batch = _encode(processor, fmt, chunk, device)
         out = model.generate(**batch, generation_config=gen)
-        texts += tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts += [tok.decode(_until_stop(row, gen.eos_token_id), skip_special_tokens=True)
+                  for row in out[:, batch["input_ids"].shape[1]:].tolist()]
         progress(len(texts), len(examples))
     return [t.strip() for t in texts]
+
+
+def _until_stop(ids: list[int], stop: list[int]) -> list[int]:
+    """Generated ids up to (not including) the first stop token; the rest is padding."""
+    for i, token in enumerate(ids):
+        if token in stop:
+            return ids[:i]
+    return ids
 
 
 def candidate_tensor(tokenizer, fmt: ChatFormat) -> tuple[torch.Tensor, torch.Tensor]:

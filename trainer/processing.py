@@ -60,18 +60,6 @@ class Gemma4LiteProcessor:
         (out / "processor_config.json").write_text(json.dumps(meta, indent=2))
 
 
-def load_gemma4_processor(tokenizer, image_processor, chat_template: str | None, image_seq_length: int = 280):
-    """The real Gemma4Processor when torchvision is importable, else Gemma4LiteProcessor."""
-    try:
-        from transformers import Gemma4Processor, Gemma4VideoProcessor
-
-        return Gemma4Processor(feature_extractor=None, image_processor=image_processor, tokenizer=tokenizer,
-                               video_processor=Gemma4VideoProcessor(), chat_template=chat_template,
-                               image_seq_length=image_seq_length)
-    except (ImportError, ModuleNotFoundError, ValueError, TypeError):
-        return Gemma4LiteProcessor(tokenizer, image_processor, chat_template, image_seq_length)
-
-
 def load_processor(path: str, model_type: str, token: str | None = None, image_budget: int | None = None):
     """AutoProcessor for `path` (hub id or dir); for Gemma 4 without torchvision, the lite stand-in."""
     from transformers import AutoProcessor

@@ -95,3 +95,18 @@ def test_gemma4_lora_targets_never_wrap_clippable_linear(tiny_gemma4, target):
     assert torch.isfinite(loss)
     grads = {n for n, p in peft_model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert grads and all("lora_" in n for n in grads)
+
+
+def test_end_of_turn_found_when_it_is_only_an_added_token(tiny_gemma4):
+    # transformers' Gemma4Processor re-registers the special-token list in its constructor, after which <turn|>
+    # is an added (unsplittable) token but no longer "special"; on the GPU image that is the normal case.
+    import copy
+
+    from trainer.processing import Gemma4LiteProcessor
+
+    _, processor = tiny_gemma4
+    tok = copy.deepcopy(processor.tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": ["<|video|>"]})
+    assert tok.convert_tokens_to_ids("<turn|>") not in tok.all_special_ids
+    fmt = build_chat_format(Gemma4LiteProcessor(tok, processor.image_processor, processor.chat_template))
+    assert fmt.end_of_turn == "<turn|>"
