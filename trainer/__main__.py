@@ -20,7 +20,10 @@ from trainer.events import JsonlSink, scrub
 def describe(exc: BaseException) -> str:
     """One line saying what failed, with a fix where we know one."""
     name = type(exc).__name__
-    text = " ".join(str(exc).split()) or name
+    raw = str(exc)
+    if "Original Traceback" in raw:  # re-raised from a DataLoader worker: keep the worker's own last line
+        raw = raw.strip().splitlines()[-1].split(": ", 1)[-1]
+    text = " ".join(raw.split()) or name
     if name == "OutOfMemoryError":
         return (f"out of GPU memory ({text[:200]}): lower --batch-size, use --gradient-checkpointing on, "
                 "or --quantization 4bit")

@@ -51,6 +51,10 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
     # ---------------------------------------------------------------- model
     t = time.perf_counter()
     loaded = load_model_and_processor(cfg, token)
+    if loaded.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # CPU runs are the tiny demo/tests; on a shared 2-core box OpenMP threads spin against each other
+        # (measured: the README demo takes 19 s on 1 thread, 96 s on 2 under load). OMP_NUM_THREADS overrides.
+        torch.set_num_threads(1)
     fmt = build_chat_format(loaded.processor, cfg.prompt)
     model = apply_lora(loaded.model, cfg)
     samples = TrainSamples(train_set, loaded.processor, fmt)

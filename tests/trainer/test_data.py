@@ -111,3 +111,16 @@ def test_select_eval_never_overlaps_train():
     train, evals = select(leaky, 1110, "all", seed=3)
     assert not {e.image_id for e in train} & {e.image_id for e in evals}
     assert len(evals) == len(splits.test)
+
+
+def test_corrupt_image_raises_data_error_naming_it():
+    with pytest.raises(DataError, match="cannot decode image 'Bengal_7'"):
+        Example(5, "Bengal_7", b"not a jpeg").open()
+
+
+def test_worker_errors_are_reported_as_one_line():
+    from trainer.__main__ import describe
+
+    exc = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                    "  File x\ntrainer.data.DataError: cannot decode image 'Bengal_7': broken")
+    assert describe(exc) == "DataError: cannot decode image 'Bengal_7': broken"
