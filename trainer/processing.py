@@ -60,6 +60,22 @@ class Gemma4LiteProcessor:
         (out / "processor_config.json").write_text(json.dumps(meta, indent=2))
 
 
+def load_gemma4_processor(tokenizer, image_processor, chat_template: str | None, image_seq_length: int = 280):
+    """The real Gemma4Processor when it can be built here (torchvision present), else Gemma4LiteProcessor.
+
+    Used by bench/ to build full-size Gemma 4 processors from parts. Gemma4Processor's constructor re-registers the
+    tokenizer's special-token list (and may fail after doing so), which build_chat_format tolerates.
+    """
+    try:
+        from transformers import Gemma4Processor, Gemma4VideoProcessor
+
+        return Gemma4Processor(feature_extractor=None, image_processor=image_processor, tokenizer=tokenizer,
+                               video_processor=Gemma4VideoProcessor(), chat_template=chat_template,
+                               image_seq_length=image_seq_length)
+    except Exception:  # noqa: BLE001 - no torchvision, or parts missing: the stand-in does the image path
+        return Gemma4LiteProcessor(tokenizer, image_processor, chat_template, image_seq_length)
+
+
 def load_processor(path: str, model_type: str, token: str | None = None, image_budget: int | None = None):
     """AutoProcessor for `path` (hub id or dir); for Gemma 4 without torchvision, the lite stand-in."""
     from transformers import AutoProcessor
