@@ -80,20 +80,24 @@ def load_processor(path: str, model_type: str, token: str | None = None, image_b
     """AutoProcessor for `path` (hub id or dir); for Gemma 4 without torchvision, the lite stand-in."""
     from transformers import AutoProcessor
 
-    kwargs = {"max_soft_tokens": image_budget} if image_budget and model_type == "gemma4" else {}
     try:
-        return AutoProcessor.from_pretrained(path, token=token, **kwargs)
+        processor = AutoProcessor.from_pretrained(path, token=token)
     except Exception:
         # Gemma4Processor needs torchvision (and, for our tiny dirs, feature-extractor files); fall back to the
         # image+text stand-in, which needs only the tokenizer and image processor files.
         if model_type != "gemma4":
             raise
-    from transformers import AutoTokenizer, Gemma4ImageProcessorPil
+        from transformers import AutoTokenizer, Gemma4ImageProcessorPil
 
-    tokenizer = AutoTokenizer.from_pretrained(path, token=token)
-    image_processor = Gemma4ImageProcessorPil.from_pretrained(path, token=token, **kwargs)
-    template = _read_template(path)
-    return Gemma4LiteProcessor(tokenizer, image_processor, template or tokenizer.chat_template)
+        tokenizer = AutoTokenizer.from_pretrained(path, token=token)
+        image_processor = Gemma4ImageProcessorPil.from_pretrained(path, token=token)
+        processor = Gemma4LiteProcessor(tokenizer, image_processor, _read_template(path) or tokenizer.chat_template)
+    if image_budget and model_type == "gemma4":
+        # Soft tokens per image (70..1120): more detail for more sequence length; the processor expands the
+        # image placeholder to whatever count the image processor reports, so this one knob is enough.
+        processor.image_processor.max_soft_tokens = image_budget
+        processor.image_seq_length = image_budget
+    return processor
 
 
 def _read_template(path: str) -> str | None:

@@ -72,7 +72,7 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
     found = latest_checkpoint(checkpoints_root(out))
     if found:
         state = load_state(found[1], model, opt, sched)
-    attempt = int(os.environ.get("CLOUD_RUN_TASK_ATTEMPT", "0") or 0)
+    attempt = _attempt()
     log(f"attempt {attempt}: " + (f"resuming from {found[1]}" if found else "starting fresh"))
     sink.emit("start", run_id=os.environ.get("RUN_ID") or None, attempt=attempt, model_id=cfg.model_id,
               dataset=cfg.dataset, train_size=len(train_set), eval_size=len(eval_set), total_steps=total,
@@ -171,6 +171,12 @@ def _already_done(out: Path, sink: EventSink) -> int:
     sink.emit("done", metrics_path=str(out / "metrics.json"), baseline=_headline(metrics["baseline"]),
               final=_headline(metrics["final"]), elapsed_s=metrics["timings"].get("total_s"), already_done=True)
     return 0
+
+
+def _attempt() -> int:
+    """Cloud Run's retry counter (0 on the first try); anything unparsable counts as 0 rather than failing."""
+    value = os.environ.get("CLOUD_RUN_TASK_ATTEMPT", "0")
+    return int(value) if value.strip().isdigit() else 0
 
 
 def _headline(report: dict) -> dict:

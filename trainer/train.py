@@ -68,7 +68,7 @@ class MicroBatches(torch.utils.data.Sampler):
 def forward_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over answer tokens (labels != -100), next-token shifted."""
     labels = batch["labels"]
-    out = model(**{k: v for k, v in batch.items() if k != "labels"})
+    out = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)  # no KV cache in training
     targets = labels[:, 1:]
     keep = targets != IGNORE
     # Up-cast only the answer positions: full-vocabulary fp32 logits for every position would cost GBs.

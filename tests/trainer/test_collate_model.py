@@ -110,3 +110,29 @@ def test_end_of_turn_found_when_it_is_only_an_added_token(tiny_gemma4):
     assert tok.convert_tokens_to_ids("<turn|>") not in tok.all_special_ids
     fmt = build_chat_format(Gemma4LiteProcessor(tok, processor.image_processor, processor.chat_template))
     assert fmt.end_of_turn == "<turn|>"
+
+
+@pytest.mark.parametrize("family", ["tiny_gemma3", "tiny_gemma4"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(request, family):
+    import copy
+
+    from trainer.model import enable_gradient_checkpointing
+
+    model, processor = request.getfixturevalue(family)
+    cfg = TrainConfig(lora_r=4, lora_dropout=0.0)
+    fmt = build_chat_format(processor, "short")
+    batch = pad_batch([encode_train_sample(processor, fmt, synthetic_image(i, 0), i) for i in (1, 2)],
+                      processor.tokenizer.pad_token_id)
+    results = []
+    for checkpointing in (False, True):
+        peft_model = apply_lora(copy.deepcopy(model), cfg)
+        if checkpointing:
+            enable_gradient_checkpointing(peft_model)
+        peft_model.train()
+        loss = forward_loss(peft_model, batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in peft_model.parameters() if p.grad is not None]
+        results.append((loss.detach(), grads))
+    assert torch.allclose(results[0][0], results[1][0])
+    assert len(results[0][1]) == len(results[1][1]) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1], strict=True))
