@@ -10,11 +10,20 @@ an `{"event": "error", ...}` JSON object and the last stderr line is `error: <re
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 from trainer.config import ConfigError, TrainConfig
 from trainer.events import JsonlSink, scrub
+
+
+class Terminated(Exception):
+    """SIGTERM: Cloud Run cancels or times out a task with it; say so instead of dying silently."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated("received SIGTERM (task cancelled or timed out); run again to resume from the last checkpoint")
 
 
 def describe(exc: BaseException) -> str:
@@ -46,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"invalid configuration: {exc}", JsonlSink(None))
         return 2
     sink = JsonlSink(Path(cfg.output_dir) / "events.jsonl")
+    signal.signal(signal.SIGTERM, _on_sigterm)
     # Progress bars would flood Cloud Logging with carriage-return lines; events carry the progress instead.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -161,3 +161,18 @@ def test_builtin_cli_dirs_load_back_gemma4_end_to_end(tmp_path):
     assert (out / "DONE").exists() and (out / "adapter" / "adapter_model.safetensors").exists()
     unknown = run_trainer(["nope", str(tmp_path / "x")], module="trainer.builtin")
     assert unknown.returncode == 2 and unknown.stderr.strip().splitlines()[-1].startswith("error: unknown built-in")
+
+
+@pytest.mark.slow
+def test_sigterm_ends_with_an_error_line(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", *TINY, "--output-dir", str(tmp_path / "run"),
+                             "--train-size", "370", "--eval-size", "37", "--num-epochs", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=trainer_env())
+    for line in proc.stdout:
+        if '"event": "step"' in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert json.loads(rest.strip().splitlines()[-1])["event"] == "error"
+    assert err.strip().splitlines()[-1].startswith("error: Terminated: received SIGTERM")
