@@ -124,3 +124,26 @@ def test_worker_errors_are_reported_as_one_line():
     exc = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
                     "  File x\ntrainer.data.DataError: cannot decode image 'Bengal_7': broken")
     assert describe(exc) == "DataError: cannot decode image 'Bengal_7': broken"
+
+
+def test_hub_id_reads_the_snapshot_parquet(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    write_dataset(tmp_path)
+    calls = []
+
+    def fake_snapshot(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    splits = load_splits("timm/oxford-iiit-pet", token="tok")
+    assert len(splits.test) == 370 and calls[0][0] == "timm/oxford-iiit-pet"
+    assert calls[0][1]["repo_type"] == "dataset" and calls[0][1]["token"] == "tok"
+
+    def offline(repo_id, **kwargs):
+        raise OSError("offline and not cached")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(DataError, match="cannot fetch dataset 'timm/oxford-iiit-pet'.*Stage it"):
+        load_splits("timm/oxford-iiit-pet")
