@@ -101,7 +101,7 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
     # ---------------------------------------------------------------- merge (bf16 base, fresh load)
     if cfg.merge:
         t = time.perf_counter()
-        del model, loaded
+        del model, loaded, opt, sched  # the optimizer holds the adapter params: drop it too before reloading
         _free_gpu()
         merge_adapter(cfg, str(out / "adapter"), str(out / "merged"), token)
         timings["merge_s"] = time.perf_counter() - t
