@@ -83,3 +83,13 @@ def test_config_module_is_stdlib_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
     assert out.stdout.strip() == "set()"
+
+
+def test_trainer_never_imports_gemmactl_or_google_clients():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "trainer"
+    pattern = re.compile(r"^\s*(from|import)\s+(gemmactl|google)\b", re.M)
+    offenders = [p.name for p in root.rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []
