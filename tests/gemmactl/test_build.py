@@ -20,7 +20,7 @@ from tests.fakes.fake_jobs import BuildOutcome
 PROJECT, REGION = "test-project", "europe-west4"
 BUCKET = f"{PROJECT}-gemma-finetuning-{REGION}"
 REPO = f"{REGION}-docker.pkg.dev/{PROJECT}/gemma-finetuning/gemma-finetune"
-TOKEN = "hf_SuperSecretTokenValue1234567890"
+TOKEN = "hf_fake-build-token-not-real-42"
 
 
 class FakeTime:
