@@ -13,6 +13,6 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confir
 FollowOpt = Annotated[bool, typer.Option("--follow", "-f", help="Stream progress until it ends.")]
 HfTokenFileOpt = Annotated[
     Path | None,
-    typer.Option("--hf-token-file", help="Read the Hugging Face token from this file (else $HF_TOKEN or a prompt).",
+    typer.Option("--hf-token-file", help="Read the Hugging Face token from this file (else $HF_TOKEN, then the stored secret).",
                  dir_okay=False),
 ]
