@@ -13,7 +13,7 @@ from gemmactl import setup
 from gemmactl.cloud import Cloud
 from gemmactl.cloud.ports import SecretText
 from gemmactl.errors import GemmactlError, NotFoundError, TransientError
-from gemmactl.gpus import AS_OF, GPUS, region_offers
+from gemmactl.gpus import AS_OF, GPUS, image_cuda_problem, region_offers
 from gemmactl.settings import Settings
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -140,6 +140,9 @@ def _gpu(ctx: Context) -> Check:
     """GPU in region."""
     s = ctx.settings
     gpu = GPUS[s.gpu_type]
+    problem = image_cuda_problem(s.gpu_type)
+    if problem:
+        return Check("GPU in region", WARN, problem, "gemmactl train --gpu-type nvidia-rtx-pro-6000, or --image IMG")
     if region_offers(s.gpu_type, s.region):
         return Check("GPU in region", OK, f"{gpu.label} in {s.region}")
     regions = ", ".join(sorted(gpu.regions))

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 AS_OF = "2026-11"
 
+# CUDA of the trainer image (Dockerfile base, and PyPI's torch 2.13.0 build): the host driver must support it.
+IMAGE_CUDA = (13, 0)
+
 
 @dataclass(frozen=True)
 class GpuType:
@@ -19,6 +22,7 @@ class GpuType:
     min_cpu: int
     min_memory_gib: int
     regions: frozenset[str]
+    driver_cuda: tuple[int, int]  # the newest CUDA the pre-installed Cloud Run driver supports
 
 
 GPUS: dict[str, GpuType] = {
@@ -29,6 +33,7 @@ GPUS: dict[str, GpuType] = {
         min_cpu=20,
         min_memory_gib=80,
         regions=frozenset({"us-central1", "europe-west4", "asia-southeast1", "asia-south2"}),
+        driver_cuda=(13, 0),  # driver 580.x (Cloud Run "Configure GPUs for jobs" page)
     ),
     "nvidia-l4": GpuType(
         name="nvidia-l4",
@@ -46,6 +51,7 @@ GPUS: dict[str, GpuType] = {
                 "asia-south1",
             }
         ),
+        driver_cuda=(12, 2),  # driver 535.216.03 (same page)
     ),
 }
 
@@ -53,3 +59,12 @@ GPUS: dict[str, GpuType] = {
 def region_offers(gpu_type: str, region: str) -> bool:
     gpu = GPUS.get(gpu_type)
     return bool(gpu and region in gpu.regions)
+
+
+def image_cuda_problem(gpu_type: str) -> str | None:
+    """Why the default trainer image cannot run on this GPU's Cloud Run driver, or None."""
+    gpu = GPUS.get(gpu_type)
+    if gpu is None or gpu.driver_cuda >= IMAGE_CUDA:
+        return None
+    have, need = ".".join(map(str, gpu.driver_cuda)), ".".join(map(str, IMAGE_CUDA))
+    return f"Cloud Run's {gpu_type} driver supports CUDA {have}, but the trainer image is built for CUDA {need}"

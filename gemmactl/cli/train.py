@@ -77,6 +77,15 @@ _FLAG_NAMES = {"--train-size": "--size", "--num-epochs": "--epochs", "--learning
                "--model-id": "--model", "--gradient-accumulation-steps": "--grad-accum"}
 
 
+def _check_image_cuda(backend: str, gpu_type: str, image: str | None) -> None:
+    """The default image needs a newer driver than some GPU types ship: fail before a GPU is billed."""
+    from gemmactl.gpus import image_cuda_problem
+
+    problem = None if backend == "local" or image else image_cuda_problem(gpu_type)
+    if problem:
+        raise ConfigError(problem, hint="use --gpu-type nvidia-rtx-pro-6000, or --image with an image built on CUDA ≤ 12.2")
+
+
 def train(
     ctx: typer.Context,
     size: SizeOpt = None, eval_size: EvalSizeOpt = None, model: ModelOpt = None, dataset: DatasetOpt = None,
@@ -107,6 +116,7 @@ def train(
     run_id = specs.check_run_id(run_id) if run_id else specs.new_run_id()
     s, cloud = connect(s)
     specs.build_job_spec(s, "-")  # resource / network checks before any API call
+    _check_image_cuda(cloud.backend, s.gpu_type, image)
     try:
         _check_region(cloud, s, dry_run=dry_run)
         spec = specs.build_job_spec(s, _resolve_image(cloud, s, image, dry_run=dry_run))

@@ -94,8 +94,12 @@ def test_the_token_goes_to_the_hub_only_as_a_header(cli, set_up, hub):
 
 
 def test_region_without_the_gpu_is_a_warning(cli, fake_cloud, hub):
-    rows, _ = _doctor(cli, "--gpu-type", "nvidia-l4", expect=1)
+    rows, _ = _doctor(cli, expect=1)
     assert rows["GPU in region"]["status"] == "ok"
+
+    # L4 is offered in europe-west4, but its Cloud Run driver (CUDA 12.2) is older than the image's CUDA 13.
+    rows, _ = _doctor(cli, "--gpu-type", "nvidia-l4", expect=1)
+    assert rows["GPU in region"]["status"] == "warn" and "CUDA 12.2" in rows["GPU in region"]["detail"]
 
     result = cli("--project", "test-project", "--region", "us-west1", "doctor", "--json", expect=1)
     row = {r["check"]: r for r in json.loads(result.stdout)}["GPU in region"]

@@ -256,3 +256,11 @@ def test_ctrl_c_while_following_leaves_the_execution_running(cli, cloud, monkeyp
     result = _train(cli, "--follow", expect=130)
     assert "keeps running" in result.stderr and "gemmactl cancel gemma-finetuning-job-00001" in result.stderr
     assert cloud.jobs.executions["gemma-finetuning-job-00001"].state == ports.PENDING
+
+
+def test_l4_with_the_default_cuda13_image_is_refused_before_anything_is_created(cli, fake_cloud):
+    """Cloud Run's L4 driver (CUDA 12.2) cannot run the CUDA 13 image: say so instead of billing a crash."""
+    res = cli("train", "--gpu-type", "nvidia-l4", "--cpu", "8", "--memory", "32Gi", expect=2)
+    assert "CUDA 12.2" in res.stderr and "--image" in res.stderr
+    assert "Traceback" not in res.output
+    assert not fake_cloud.mutations
