@@ -210,16 +210,16 @@ def flop_model(model, patches: int) -> FlopModel:
         core = core.model
     lm, vt = core.language_model, core.vision_tower
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    tc = model.config.text_config
-    vc = model.config.vision_config
-    heads_dim = tc.num_attention_heads * tc.head_dim
-    v_heads_dim = vc.hidden_size
+    # to_dict(): Gemma 4 configs refuse attribute access to per-layer values (head_dim varies: 256 / 512 global)
+    tc, vc = model.config.text_config.to_dict(), model.config.vision_config.to_dict()
+    heads_dim = tc["num_attention_heads"] * tc["head_dim"]  # sliding layers' head_dim (most layers)
+    v_heads_dim = vc["hidden_size"]
     proj = getattr(core, "multi_modal_projector", None) or getattr(core, "embed_vision", None)
     vis = _linear_params(vt) + (_linear_params(proj) if proj is not None else 0)
     if hasattr(core, "multi_modal_projector"):  # Gemma 3 projects with a bare matrix, not a Linear
         vis += core.multi_modal_projector.mm_input_projection_weight.numel()
-    return FlopModel(_linear_params(lm), lora, vis, tc.hidden_size, tc.vocab_size,
-                     (tc.num_hidden_layers, heads_dim), (vc.num_hidden_layers, v_heads_dim), patches)
+    return FlopModel(_linear_params(lm), lora, vis, tc["hidden_size"], tc["vocab_size"],
+                     (tc["num_hidden_layers"], heads_dim), (vc["num_hidden_layers"], v_heads_dim), patches)
 
 
 def flops_per_sample(fm: FlopModel, tokens: float, answer_tokens: float) -> float:

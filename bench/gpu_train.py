@@ -26,7 +26,8 @@ from pathlib import Path
 
 PROCESS_START = time.time()  # fallback if psutil is missing; set before any heavy import
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+# BENCH_TRAINER_ROOT: benchmark a trainer checkout other than this one (e.g. a candidate carried to the device)
+sys.path[:0] = [os.environ.get("BENCH_TRAINER_ROOT", str(ROOT)), str(ROOT), str(ROOT / "bench")]
 
 DEFAULT_MATRIX = ("gemma-3-4b:lora,gemma-3-4b:qlora,gemma-4-E4B:lora,gemma-4-E4B:qlora,gemma-3-12b:lora,"
                   "gemma-3-27b:qlora,gemma-4-31B:qlora,gemma-3-27b:lora")
@@ -51,7 +52,8 @@ def make_dataset(root: Path, train_size: int, eval_size: int, seed: int = 0) -> 
     from trainer.labels import LABELS
 
     per_train, per_test = -(-train_size // len(LABELS)) + 1, -(-eval_size // len(LABELS)) + 1
-    jobs = [(root / split / name.replace(" ", "_") / f"{i:04d}.jpg", seed * 100_000 + c * 1000 + i + off)
+    # File stems differ between splits: the trainer drops test images whose id (breed/stem) is also in train.
+    jobs = [(root / split / name.replace(" ", "_") / f"{split}{i:04d}.jpg", seed * 100_000 + c * 1000 + i + off)
             for split, n, off in (("train", per_train, 0), ("test", per_test, 500))
             for c, name in enumerate(LABELS) for i in range(n)]
     if not all(path.is_file() for path, _ in jobs):
@@ -118,6 +120,15 @@ def _install_hooks(args, spec, work: Path, marks: dict) -> None:
                                               "seconds": time.time() - t})
         return out
 
+    real_phase = run_mod._evaluate_modes
+
+    def timed_phase(*a, **k):
+        t = time.time()
+        out = real_phase(*a, **k)
+        marks.setdefault("phases", []).append({"phase": a[5], "seconds": time.time() - t})
+        return out
+
+    run_mod._evaluate_modes = timed_phase
     run_mod.load_model_and_processor, run_mod.apply_lora = capture_load, capture_lora
     run_mod.train, run_mod.evaluate = timed_train, timed_eval
 
@@ -196,12 +207,36 @@ def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mo
         "peak_train_gib": marks.get("train_peak_gib"), "peak_gib": _peak(),
         "eval": {f"{e['phase']}_{e['mode']}": {"images_per_s": e["n"] / e["seconds"], "n": e["n"]}
                  for e in marks.get("evals", [])},
-        "events": {k: v for k, v in _notable(events).items()},
+        "eval_phases": marks.get("phases", []),
+        "start_event_s": next(e["t"] for e in events if e["event"] == "start") - t_proc,
+        "trainer_timings": _run_timings(cfg),
+        "generated_tokens": _generated_tokens(cfg, marks),
+        "events": _notable(events),
         "final_loss": steps[-1]["loss"],
         "config": cfg.to_dict(),
     }
     result |= mfu(marks, shapes, events, samples, train_s)
     return result
+
+
+def _run_timings(cfg) -> dict:
+    """The trainer's own section timings from metrics.json (data, model load, evals, train)."""
+    path = Path(cfg.output_dir) / "metrics.json"
+    return json.loads(path.read_text()).get("timings", {}) if path.is_file() else {}
+
+
+def _generated_tokens(cfg, marks: dict) -> dict:
+    """Mean tokens generated per image in each generate pass (random weights may stop early or run to the cap)."""
+    path = Path(cfg.output_dir) / "predictions.jsonl"
+    if not path.is_file():
+        return {}
+    tok = marks["loaded"].processor.tokenizer
+    lengths: dict[str, list[int]] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row["mode"] == "generate":
+            lengths.setdefault(row["phase"], []).append(len(tok.encode(row["output"], add_special_tokens=False)) + 1)
+    return {phase: sum(v) / len(v) for phase, v in lengths.items()}
 
 
 def _steady(steps: list[dict]) -> float | None:
@@ -244,7 +279,8 @@ def mfu(marks: dict, shapes: dict, events: list[dict], samples: int, train_s: fl
 
     fm = flop_model(marks["peft_model"], shapes["patches"])
     cache = next((e for e in events if e["event"] == "image_cache"), None)
-    encodes = cache["images"] if cache else samples  # plain path: the tower runs for every sample of every epoch
+    # cached: each training image through the tower once; plain path: for every sample of every epoch
+    encodes = cache["train_images"] if cache else samples
     flops = samples * flops_per_sample(fm, shapes["tokens"], shapes["answer"]) + encodes * image_flops(fm)
     peak = float(os.environ.get("BENCH_PEAK_TFLOPS", "0") or 0) * 1e12
     return {"mfu": flops / train_s / peak if peak else None, "train_tflops": flops / train_s / 1e12,
@@ -312,13 +348,15 @@ def run_matrix(args) -> list[dict]:
     deadline = time.time() + args.budget_s
     results = []
     for item in args.matrix.split(","):
-        name, mode = item.split(":")
+        name, mode, *sizes = item.split(":")  # MODEL:MODE[:TRAIN_SIZE[:EPOCHS]] overrides the sizes per entry
+        train_size = sizes[0] if sizes else str(args.train_size)
+        epochs = sizes[1] if len(sizes) > 1 else str(args.epochs)
         left = deadline - time.time()
         if left < args.min_left_s:
             results.append({"model": name, "mode": mode, "skipped": f"time budget: {left:.0f} s left"})
             continue
-        cmd = [sys.executable, __file__, "--one", item, "--work", str(work), "--train-size", str(args.train_size),
-               "--eval-size", str(args.eval_size), "--epochs", str(args.epochs), "--max-new-tokens",
+        cmd = [sys.executable, __file__, "--one", f"{name}:{mode}", "--work", str(work), "--train-size", train_size,
+               "--eval-size", str(args.eval_size), "--epochs", epochs, "--max-new-tokens",
                str(args.max_new_tokens), "--overrides", args.overrides] + (["--tiny"] if args.tiny else [])
         if args.from_disk and name == "gemma-3-4b":
             cmd += ["--model-dir", str(save_checkpoint_dir(name, work))]

@@ -81,8 +81,16 @@ def encode_prompt(processor, fmt: ChatFormat, image) -> dict[str, torch.Tensor]:
 
 def encode_train_sample(processor, fmt: ChatFormat, image, label: int) -> dict[str, torch.Tensor]:
     """Prompt + answer ids, labels -100 everywhere but the answer and its end-of-turn token."""
-    sample = encode_prompt(processor, fmt, image)
-    target = torch.tensor([answer_ids(processor.tokenizer, fmt, label)], dtype=torch.long)
+    sample = append_answer(encode_prompt(processor, fmt, image), answer_ids(processor.tokenizer, fmt, label))
+    if int((sample["labels"] != IGNORE).sum()) < 1:
+        raise MaskingError(f"sample with label {label} has no target token")
+    return sample
+
+
+def append_answer(prompt: dict[str, torch.Tensor], answer: list[int]) -> dict[str, torch.Tensor]:
+    """A prompt's tensors + the answer ids; labels -100 on the prompt. Image inputs pass through untouched."""
+    sample = dict(prompt)
+    target = torch.tensor([answer], dtype=torch.long)
     n_prompt = sample["input_ids"].shape[1]
     sample["input_ids"] = torch.cat([sample["input_ids"], target], dim=1)
     sample["attention_mask"] = torch.cat([sample["attention_mask"], torch.ones_like(target)], dim=1)
@@ -90,8 +98,6 @@ def encode_train_sample(processor, fmt: ChatFormat, image, label: int) -> dict[s
         if key in sample:
             sample[key] = torch.cat([sample[key], torch.zeros_like(target)], dim=1)
     sample["labels"] = torch.cat([torch.full((1, n_prompt), IGNORE), target], dim=1)
-    if int((sample["labels"] != IGNORE).sum()) < 1:
-        raise MaskingError(f"sample with label {label} has no target token")
     return sample
 
 

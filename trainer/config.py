@@ -67,6 +67,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # older complete checkpoints are deleted to save bucket space
     num_workers: int = 2  # DataLoader workers decoding and resizing images
     merge: bool = False  # also write <output_dir>/merged: adapter merged into the bf16 base (never 4-bit)
+    micro_batch: int | None = None  # samples per forward/backward; None = planned from measured GPU memory
+    fast_path: bool = True  # cached image features, answer-only logits, planned micro-batches (same results);
+    # off = the plain reference path (full forward every step), kept for comparison
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -141,6 +144,12 @@ class TrainConfig:
         _positive_int("lora_r", self.lora_r)
         _positive_int("lora_alpha", self.lora_alpha)
         _positive_int("keep_checkpoints", self.keep_checkpoints)
+        if self.micro_batch is not None:
+            _positive_int("micro_batch", self.micro_batch, hint="or omit it to plan it from GPU memory")
+            if (self.batch_size * self.gradient_accumulation_steps) % self.micro_batch:
+                raise ConfigError(f"--micro-batch {self.micro_batch} must divide the samples per optimizer step "
+                                  f"(--batch-size x --gradient-accumulation-steps = "
+                                  f"{self.batch_size * self.gradient_accumulation_steps})")
         if self.max_steps is not None:
             _positive_int("max_steps", self.max_steps, hint="or omit it to train for --num-epochs")
         for name in ("save_steps", "num_workers", "seed"):
@@ -221,7 +230,7 @@ def _flag(name: str) -> str:
 
 _INTS = {"train_size", "batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha", "seed",
          "eval_batch_size", "max_new_tokens", "save_steps", "keep_checkpoints", "num_workers"}
-_OPTIONAL_INTS = {"max_steps", "image_budget"}
+_OPTIONAL_INTS = {"max_steps", "image_budget", "micro_batch"}
 _FLOATS = {"num_epochs", "learning_rate", "lora_dropout", "warmup_ratio", "weight_decay", "max_grad_norm"}
 
 
@@ -236,7 +245,7 @@ def _coerce(name: str, value: Any) -> Any:
             return float(value)
         if name == "eval_size":
             return "all" if str(value).lower() == "all" else _to_int(value)
-        if name == "merge":
+        if name in ("merge", "fast_path"):
             return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
     except (TypeError, ValueError):
         kind = "an integer" if name in _INTS | _OPTIONAL_INTS else "a number"

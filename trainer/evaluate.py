@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -32,9 +33,28 @@ def _encode(processor, fmt: ChatFormat, chunk: list[Example], device) -> dict[st
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _prompt_batches(processor, fmt: ChatFormat, examples: list[Example], size: int, device, prompts=None):
+    """Left-padded prompt batches: decoded here, or from cached prompts whose pixel_values are image features."""
+    for start in range(0, len(examples), size):
+        if prompts is None:
+            yield _encode(processor, fmt, examples[start:start + size], device)
+        else:
+            batch = pad_batch(prompts[start:start + size], processor.tokenizer.pad_token_id, side="left")
+            yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _features(model, prompts):
+    """Cached features go through the model's forward unchanged (trainer.features); plain runs need nothing."""
+    if prompts is None:
+        return contextlib.nullcontext()
+    from trainer.features import image_features_passthrough
+
+    return image_features_passthrough(model)
+
+
 @torch.inference_mode()
 def predict_generate(model, processor, fmt: ChatFormat, examples: list[Example], batch_size: int,
-                     max_new_tokens: int, device, progress: Progress) -> list[str]:
+                     max_new_tokens: int, device, progress: Progress, prompts=None) -> list[str]:
     """Greedy completions (special tokens stripped) for each example, in order."""
     from transformers import GenerationConfig
 
@@ -42,12 +62,12 @@ def predict_generate(model, processor, fmt: ChatFormat, examples: list[Example],
     gen = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                            eos_token_id=[tok.eos_token_id, fmt.end_of_turn_id], bos_token_id=tok.bos_token_id)
     texts: list[str] = []
-    for chunk in _batches(examples, batch_size):
-        batch = _encode(processor, fmt, chunk, device)
-        out = model.generate(**batch, generation_config=gen)
-        texts += [tok.decode(_until_stop(row, gen.eos_token_id), skip_special_tokens=True)
-                  for row in out[:, batch["input_ids"].shape[1]:].tolist()]
-        progress(len(texts), len(examples))
+    with _features(model, prompts):
+        for batch in _prompt_batches(processor, fmt, examples, batch_size, device, prompts):
+            out = model.generate(**batch, generation_config=gen)
+            texts += [tok.decode(_until_stop(row, gen.eos_token_id), skip_special_tokens=True)
+                      for row in out[:, batch["input_ids"].shape[1]:].tolist()]
+            progress(len(texts), len(examples))
     return [t.strip() for t in texts]
 
 
@@ -91,26 +111,37 @@ def score_labels(model, batch: dict[str, torch.Tensor], cand: torch.Tensor, cand
 
 
 def predict_constrained(model, processor, fmt: ChatFormat, examples: list[Example], batch_size: int,
-                        device, progress: Progress) -> list[int]:
-    """The best-scoring label index for each example."""
+                        device, progress: Progress, prompts=None, packed: bool = False) -> list[int]:
+    """The best-scoring label index for each example (packed: all labels in one pass, trainer.scoring)."""
+    from trainer.scoring import score_labels_packed
+
     cand, cand_mask = (t.to(device) for t in candidate_tensor(processor.tokenizer, fmt))
+    cand_ids = [answer_ids(processor.tokenizer, fmt, i) for i in range(len(LABELS))]
     preds: list[int] = []
-    for chunk in _batches(examples, batch_size):
-        scores = score_labels(model, _encode(processor, fmt, chunk, device), cand, cand_mask)
-        preds += scores.argmax(-1).tolist()
-        progress(len(preds), len(examples))
+    with _features(model, prompts):
+        for batch in _prompt_batches(processor, fmt, examples, batch_size, device, prompts):
+            scores = score_labels_packed(model, batch, cand_ids) if packed else score_labels(model, batch, cand,
+                                                                                              cand_mask)
+            preds += scores.argmax(-1).tolist()
+            progress(len(preds), len(examples))
     return preds
 
 
 def evaluate(model, processor, fmt: ChatFormat, examples: list[Example], mode: str, *, batch_size: int,
-             max_new_tokens: int, device, progress: Progress) -> tuple[dict, list[dict]]:
-    """(REPORT, prediction rows) for one mode on `examples`."""
+             max_new_tokens: int, device, progress: Progress, prompts=None, fast: bool = False
+             ) -> tuple[dict, list[dict]]:
+    """(REPORT, prediction rows) for one mode on `examples`.
+
+    `prompts`: the examples' cached prompt tensors with image features (trainer.features), or None to decode and
+    encode here; `fast`: constrained scoring in one packed pass instead of 37 repeated caches (same scores).
+    """
     model.eval()
     if mode == "generate":
-        outputs = predict_generate(model, processor, fmt, examples, batch_size, max_new_tokens, device, progress)
+        outputs = predict_generate(model, processor, fmt, examples, batch_size, max_new_tokens, device, progress,
+                                   prompts)
         preds = [parse_prediction(text) for text in outputs]
     else:
-        preds = predict_constrained(model, processor, fmt, examples, batch_size, device, progress)
+        preds = predict_constrained(model, processor, fmt, examples, batch_size, device, progress, prompts, fast)
         outputs = [LABELS[p] for p in preds]
     report = classification_report([ex.label for ex in examples], preds)
     rows = [

@@ -6,6 +6,7 @@ an interrupted one resumes from its newest complete checkpoint and reuses the re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -15,11 +16,13 @@ from pathlib import Path
 import torch
 
 from trainer.checkpoint import checkpoints_root, latest_checkpoint
-from trainer.collate import TrainSamples, build_chat_format
+from trainer.collate import TrainSamples, build_chat_format, pad_batch
 from trainer.config import TrainConfig
 from trainer.data import load_splits, select
 from trainer.evaluate import evaluate
 from trainer.events import EventSink, log
+from trainer.features import frozen_vision, new_cache
+from trainer.memory import eval_batch_size, plan_memory
 from trainer.model import (
     apply_lora,
     choose_gradient_checkpointing,
@@ -27,7 +30,18 @@ from trainer.model import (
     load_model_and_processor,
     merge_adapter,
 )
-from trainer.train import TrainState, build_optimizer, gpu_memory_gib, load_state, plan_steps, set_seed, train
+from trainer.train import (
+    StepPlan,
+    TrainState,
+    answer_loss_sum,
+    build_optimizer,
+    gpu_memory_gib,
+    load_state,
+    plain_loss_sum,
+    plan_steps,
+    set_seed,
+    train,
+)
 
 
 def run(cfg: TrainConfig, sink: EventSink) -> int:
@@ -58,11 +72,7 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
     fmt = build_chat_format(loaded.processor, cfg.prompt)
     model = apply_lora(loaded.model, cfg)
     samples = TrainSamples(train_set, loaded.processor, fmt)
-    seq_len = samples[0]["input_ids"].shape[1]
-    checkpointing, why = choose_gradient_checkpointing(cfg, model, seq_len)
-    log(f"gradient checkpointing {'on' if checkpointing else 'off'} ({why})")
-    if checkpointing:
-        enable_gradient_checkpointing(model)
+    plan, plan_event = _plan(cfg, model, loaded, fmt, samples, train_set, eval_set)
     timings["model_load_s"] = time.perf_counter() - t
 
     # ---------------------------------------------------------------- resume
@@ -77,24 +87,29 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
     sink.emit("start", run_id=os.environ.get("RUN_ID") or None, attempt=attempt, model_id=cfg.model_id,
               dataset=cfg.dataset, train_size=len(train_set), eval_size=len(eval_set), total_steps=total,
               resumed_from_step=found[0] if found else None)
+    sink.emit("memory_plan", **plan_event)  # why this micro-batch and checkpointing (after "start": the contract)
 
     # ---------------------------------------------------------------- baseline (adapters off = the base model)
     t = time.perf_counter()
-    baseline = _baseline(out, cfg, model, loaded, fmt, eval_set, sink)
+    baseline = _baseline(out, cfg, model, loaded, fmt, eval_set, sink, plan)
     timings["baseline_eval_s"] = time.perf_counter() - t
 
     # ---------------------------------------------------------------- train
     t = time.perf_counter()
     if not found:  # a resumed run keeps the RNG state restored from its checkpoint: same dropout masks
         set_seed(cfg.seed)
-    state = train(model, loaded.processor, samples, cfg, state, opt, sched, total, loaded.device, sink)
+    state = train(model, loaded.processor, samples, cfg, state, opt, sched, total, loaded.device, sink, plan,
+                  train_set)
     timings["train_s"] = time.perf_counter() - t
+    if plan.cache is not None:
+        sink.emit("image_cache", images=plan.cache.encoded, train_images=len(train_set), gib=plan.cache.gib(),
+                  offload=plan.cache.offload)
     model.save_pretrained(out / "adapter")
     loaded.processor.save_pretrained(out / "adapter")
 
     # ---------------------------------------------------------------- final eval
     t = time.perf_counter()
-    final = _evaluate_modes(model, loaded, fmt, eval_set, cfg, "final", sink)
+    final = _evaluate_modes(model, loaded, fmt, eval_set, cfg, "final", sink, plan)
     timings["final_eval_s"] = time.perf_counter() - t
     peak = gpu_memory_gib()
 
@@ -116,23 +131,76 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
     return 0
 
 
-def _evaluate_modes(model, loaded, fmt, eval_set, cfg: TrainConfig, phase: str, sink: EventSink) -> dict:
+def _plan(cfg: TrainConfig, model, loaded, fmt, samples, train_set, eval_set) -> tuple[StepPlan, dict]:
+    """Feature cache, loss and micro-batch / checkpointing plan for this model on this GPU, and its event."""
+    if not cfg.fast_path:  # the plain reference path: configured micro-batches, full forward every step
+        checkpointing, why = choose_gradient_checkpointing(cfg, model, samples[0]["input_ids"].shape[1])
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        log(f"gradient checkpointing {'on' if checkpointing else 'off'} ({why})")
+        event = dict(micro_batch=cfg.batch_size, accumulation=cfg.gradient_accumulation_steps,
+                     checkpointing=checkpointing, why=f"plain path; {why}", feature_cache=False)
+        return StepPlan(cfg.batch_size, plain_loss_sum), event
+    cache = new_cache(cfg, model, loaded, fmt, len(train_set) + len(eval_set)) if frozen_vision(cfg) else None
+    if cache is not None:
+        probe = lambda m: next(cache.train_batches(train_set, [list(range(m))], 0))  # noqa: E731
+    else:
+        probe = lambda m: pad_batch([samples[i] for i in range(m)], loaded.processor.tokenizer.pad_token_id)  # noqa: E731
+    memory = plan_memory(cfg, model, probe, answer_loss_sum, loaded.device, lambda: enable_gradient_checkpointing(model),
+                         cached=cache is not None, disable_checkpointing=model.gradient_checkpointing_disable)
+    log(f"micro-batch {memory.micro_batch} x {memory.accumulation}, gradient checkpointing "
+        f"{'on' if memory.checkpointing else 'off'}: {memory.why}")
+    return StepPlan(memory.micro_batch, answer_loss_sum, cache), {**memory.event(), "feature_cache": cache is not None}
+
+
+def _evaluate_modes(model, loaded, fmt, eval_set, cfg: TrainConfig, phase: str, sink: EventSink,
+                    plan: StepPlan) -> dict:
     """{"reports": {mode: REPORT}, "rows": [prediction rows]} for every configured eval mode."""
     reports, rows = {}, []
-    for mode in cfg.eval_modes:
-        def progress(done: int, total: int, mode=mode) -> None:
-            sink.emit("eval_progress", phase=phase, mode=mode, done=done, total=total)
-
-        report, mode_rows = evaluate(model, loaded.processor, fmt, eval_set, mode, batch_size=cfg.eval_batch_size,
-                                     max_new_tokens=cfg.max_new_tokens, device=loaded.device, progress=progress)
-        reports[mode] = report
-        rows += [{"phase": phase, **row} for row in mode_rows]
-        sink.emit("eval", phase=phase, mode=mode, **_headline(report), n=report["n"],
-                  unknown_rate=report["unknown_rate"], accuracy_ci95=report["accuracy_ci95"])
+    batch_size, why = eval_batch_size(cfg, model, loaded.device)
+    if batch_size != cfg.eval_batch_size:
+        log(f"eval batch {batch_size}: {why}")
+    prompts = plan.cache.prompts(eval_set, batch_size, cfg.num_workers) if plan.cache is not None else None
+    with _merged_for_eval(model, cfg, loaded.device, phase):
+        for mode in cfg.eval_modes:
+            report, mode_rows = _evaluate_mode(model, loaded, fmt, eval_set, cfg, phase, mode, batch_size, prompts,
+                                               sink)
+            reports[mode] = report
+            rows += [{"phase": phase, **row} for row in mode_rows]
     return {"reports": reports, "rows": rows}
 
 
-def _baseline(out: Path, cfg, model, loaded, fmt, eval_set, sink) -> dict:
+@contextlib.contextmanager
+def _merged_for_eval(model, cfg: TrainConfig, device, phase: str):
+    """The final eval on a GPU runs with the adapter merged into the bf16 weights (then unmerged).
+
+    That is the model `--merge` ships, and decoding is launch-bound: a merged layer is one kernel instead of
+    the adapter's four. Not for 4-bit bases (merging into NF4 loses the update) or the plain reference path.
+    """
+    merge = phase == "final" and cfg.fast_path and cfg.quantization == "none" and device.type == "cuda"
+    if merge:
+        model.merge_adapter()
+    try:
+        yield
+    finally:
+        if merge:
+            model.unmerge_adapter()
+
+
+def _evaluate_mode(model, loaded, fmt, eval_set, cfg: TrainConfig, phase: str, mode: str, batch_size: int,
+                   prompts, sink: EventSink) -> tuple[dict, list[dict]]:
+    def progress(done: int, total: int) -> None:
+        sink.emit("eval_progress", phase=phase, mode=mode, done=done, total=total)
+
+    report, rows = evaluate(model, loaded.processor, fmt, eval_set, mode, batch_size=batch_size,
+                            max_new_tokens=cfg.max_new_tokens, device=loaded.device, progress=progress,
+                            prompts=prompts, fast=cfg.fast_path)
+    sink.emit("eval", phase=phase, mode=mode, **_headline(report), n=report["n"],
+              unknown_rate=report["unknown_rate"], accuracy_ci95=report["accuracy_ci95"])
+    return report, rows
+
+
+def _baseline(out: Path, cfg, model, loaded, fmt, eval_set, sink, plan: StepPlan) -> dict:
     """The recorded baseline if this run already measured it (same eval set), else measure and record it."""
     path = checkpoints_root(out) / "baseline.json"
     ids = [ex.image_id for ex in eval_set]
@@ -142,7 +210,7 @@ def _baseline(out: Path, cfg, model, loaded, fmt, eval_set, sink) -> dict:
             log("baseline already recorded; not recomputed")
             return recorded
     with model.disable_adapter():
-        baseline = _evaluate_modes(model, loaded, fmt, eval_set, cfg, "baseline", sink)
+        baseline = _evaluate_modes(model, loaded, fmt, eval_set, cfg, "baseline", sink, plan)
     _write_json(path, {**baseline, "image_ids": ids})
     return baseline
 

@@ -8,6 +8,7 @@ only) can replace that one function and be compared against it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -67,13 +68,43 @@ class MicroBatches(torch.utils.data.Sampler):
 
 def forward_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over answer tokens (labels != -100), next-token shifted."""
+    return plain_loss_sum(model, batch) / (batch["labels"][:, 1:] != IGNORE).sum()
+
+
+def plain_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed cross-entropy over answer tokens through the model's own forward: the reference path.
+
+    The model computes full-vocabulary logits at every position (262k x ~420 per sample); only the answer
+    positions are up-cast and used.
+    """
     labels = batch["labels"]
     out = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)  # no KV cache in training
     targets = labels[:, 1:]
     keep = targets != IGNORE
-    # Up-cast only the answer positions: full-vocabulary fp32 logits for every position would cost GBs.
-    logits = out.logits[:, :-1][keep].float()
-    return F.cross_entropy(logits, targets[keep])
+    return F.cross_entropy(out.logits[:, :-1][keep].float(), targets[keep], reduction="sum")
+
+
+def answer_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The same loss with the LM head applied only at the answer positions.
+
+    Gemma's 262k-word head over every position costs ~1.3 GFLOP per token forward and as much backward, and
+    GBs of logits; the loss needs it at ~5 positions per sample. Runs the inner model for hidden states, then
+    the head (and Gemma 4's final logit soft-cap, exactly as its forward applies it) on the kept rows only.
+    """
+    labels = batch["labels"]
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).last_hidden_state
+    logits = base.lm_head(hidden[:, :-1][keep])
+    cap = base.config.get_text_config().final_logit_softcapping if base.config.model_type == "gemma4" else None
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+
+
+def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
 def lr_lambda(total: int, warmup_ratio: float) -> Callable[[int], float]:
@@ -118,44 +149,99 @@ def load_state(ckpt: Path, model, opt, sched) -> TrainState:
     return TrainState(step=saved["step"], losses=saved["losses"])
 
 
-def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, sched, total: int,
-          device: torch.device, sink: EventSink) -> TrainState:
-    """Run optimizer steps state.step+1 .. total, emitting step and checkpoint events."""
+@dataclass(frozen=True)
+class StepPlan:
+    """How one optimizer step's samples are computed; none of it changes what is learned.
+
+    `micro_batch` samples per forward/backward (the step's batch_size x accumulation samples are split into
+    passes of this size), `loss` the per-pass summed loss (plain or answer-only), `cache` the image features.
+    """
+
+    micro_batch: int
+    loss: Callable = plain_loss_sum
+    cache: object | None = None  # trainer.features.FeatureCache when the vision tower is frozen
+
+
+def step_index_lists(n: int, cfg: TrainConfig, first_step: int, total: int) -> list[list[int]]:
+    """The sample indices of each optimizer step first_step+1 .. total (the same for every StepPlan)."""
     accum = cfg.gradient_accumulation_steps
-    micro_per_epoch, _ = plan_steps(len(dataset), cfg)
-    sampler = MicroBatches(len(dataset), cfg.batch_size, cfg.seed, state.step * accum, (total - state.step) * accum)
-    workers = cfg.num_workers if device.type == "cuda" else 0  # CPU runs: workers only compete for the cores
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                                         collate_fn=partial(pad_batch, pad_id=processor.tokenizer.pad_token_id),
-                                         pin_memory=device.type == "cuda", persistent_workers=False,
-                                         # own generator: the loader's worker-seed draw must not advance the
-                                         # global RNG, or a resumed run would get other dropout masks
-                                         generator=torch.Generator().manual_seed(cfg.seed + state.step))
-    batches = iter(loader)
+    sampler = iter(MicroBatches(n, cfg.batch_size, cfg.seed, first_step * accum, (total - first_step) * accum))
+    return [[i for _ in range(accum) for i in next(sampler)] for _ in range(total - first_step)]
+
+
+def _split(indices: list[int], size: int) -> list[list[int]]:
+    return [indices[s:s + size] for s in range(0, len(indices), size)]
+
+
+def _step_batches(dataset, examples, processor, cfg: TrainConfig, plan: StepPlan, steps: list[list[int]],
+                  device, first_step: int):
+    """For each step, the list of padded micro-batches (decoded in workers, or from the feature cache)."""
+    micro = [_split(step, plan.micro_batch) for step in steps]
+    flat = [m for step in micro for m in step]
+    # own generator: the loader's worker-seed draw must not advance the global RNG, or a resumed run would
+    # get other dropout masks
+    generator = torch.Generator().manual_seed(cfg.seed + first_step)
+    if plan.cache is not None:
+        batches = plan.cache.train_batches(examples, flat, cfg.num_workers, generator)
+    else:
+        workers = cfg.num_workers if device.type == "cuda" else 0  # CPU runs: workers only compete for the cores
+        batches = iter(torch.utils.data.DataLoader(
+            dataset, batch_sampler=flat, num_workers=workers, pin_memory=device.type == "cuda",
+            collate_fn=partial(pad_batch, pad_id=processor.tokenizer.pad_token_id), generator=generator))
+    for step in micro:
+        yield [next(batches) for _ in step]
+
+
+def run_step(model, micro_batches: list[dict], plan: StepPlan, device) -> float:
+    """Forward/backward every micro-batch of one step; the loss is the mean over all the step's answer tokens.
+
+    Normalising by the step's token count (not per micro-batch) makes the gradient independent of how the step
+    is split, so the planner may choose any micro-batch size without changing what is learned.
+    """
+    n_tokens = sum(answer_tokens(b) for b in micro_batches)
+    total = torch.zeros((), device=device)
+    with features_context(model, plan.cache is not None):
+        for batch in micro_batches:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            loss = plan.loss(model, batch)
+            (loss / n_tokens).backward()
+            total += loss.detach()
+    return total.item() / n_tokens
+
+
+def features_context(model, cached: bool):
+    """Inside: pixel_values are cached image features (trainer.features); a no-op for the plain path."""
+    if not cached:
+        return contextlib.nullcontext()
+    from trainer.features import image_features_passthrough
+
+    return image_features_passthrough(model)
+
+
+def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, sched, total: int,
+          device: torch.device, sink: EventSink, plan: StepPlan | None = None, examples=None) -> TrainState:
+    """Run optimizer steps state.step+1 .. total, emitting step and checkpoint events."""
+    plan = plan or StepPlan(cfg.batch_size)
+    steps = step_index_lists(len(dataset), cfg, state.step, total)
+    steps_per_epoch = len(dataset) / (cfg.batch_size * cfg.gradient_accumulation_steps)
+    batches = _step_batches(dataset, examples, processor, cfg, plan, steps, device, state.step)
     model.train()
     started, first_step = time.perf_counter(), state.step
-    while state.step < total:
+    for indices, micro_batches in zip(steps, batches, strict=True):
         t0 = time.perf_counter()
-        loss_sum = 0.0
-        for _ in range(accum):
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-            loss = forward_loss(model, batch) / accum
-            loss.backward()
-            loss_sum += loss.item()
+        loss = run_step(model, micro_batches, plan, device)
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         state.step += 1
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"loss is {loss_sum} at step {state.step}; lower --learning-rate "
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at step {state.step}; lower --learning-rate "
                                      f"(now {cfg.learning_rate}) or check the data")
-        state.losses.append({"step": state.step, "loss": loss_sum})
-        elapsed = time.perf_counter() - started
-        per_step = elapsed / (state.step - first_step)
-        sink.emit("step", step=state.step, total_steps=total,
-                  epoch=round(state.step * accum / micro_per_epoch, 4), loss=loss_sum,
-                  lr=sched.get_last_lr()[0], samples_per_s=cfg.batch_size * accum / (time.perf_counter() - t0),
+        state.losses.append({"step": state.step, "loss": loss})
+        per_step = (time.perf_counter() - started) / (state.step - first_step)
+        sink.emit("step", step=state.step, total_steps=total, epoch=round(state.step / steps_per_epoch, 4),
+                  loss=loss, lr=sched.get_last_lr()[0], samples_per_s=len(indices) / (time.perf_counter() - t0),
                   eta_s=per_step * (total - state.step), gpu_mem_gib=gpu_memory_gib())
         if state.step == total or (cfg.save_steps and state.step % cfg.save_steps == 0):
             write = partial(save_state, model=model, processor=processor, opt=opt, sched=sched, state=state)

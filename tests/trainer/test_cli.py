@@ -24,6 +24,8 @@ EVENT_KEYS = {
     "eval": {"phase", "mode", "accuracy", "macro_f1", "n", "unknown_rate", "accuracy_ci95"},
     "checkpoint": {"step", "path"},
     "done": {"metrics_path", "baseline", "final", "elapsed_s"},
+    "memory_plan": {"micro_batch", "accumulation", "checkpointing", "why", "feature_cache"},
+    "image_cache": {"images", "train_images", "gib", "offload"},
 }
 
 

@@ -1,0 +1,156 @@
+"""The fast path learns exactly what the plain path learns: same losses, same predictions, only sooner.
+
+The fast path caches image features (frozen vision tower), computes logits only at the answer positions, splits
+each optimizer step into planned micro-batches and scores the 37 labels in one packed pass. Each piece is checked
+against the plain computation on the tiny models, then whole runs are compared end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+import torch
+
+from trainer.collate import answer_ids, build_chat_format, encode_train_sample, pad_batch
+from trainer.config import TrainConfig
+from trainer.data import load_splits
+from trainer.evaluate import _encode, candidate_tensor, score_labels
+from trainer.events import ListSink
+from trainer.features import FeatureCache, image_features_passthrough
+from trainer.labels import LABELS
+from trainer.model import apply_lora
+from trainer.run import run
+from trainer.scoring import score_labels_packed
+from trainer.train import StepPlan, answer_loss_sum, plain_loss_sum, run_step
+
+FAMILIES = ["tiny_gemma3", "tiny_gemma4"]
+
+
+def _fresh(request, name):
+    """A private copy of a session fixture's model (LoRA wraps it in place)."""
+    import copy
+
+    model, processor = request.getfixturevalue(name)
+    return copy.deepcopy(model), processor
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_cached_features_and_answer_only_logits_give_the_plain_loss(request, name):
+    model, processor = _fresh(request, name)
+    model = apply_lora(model, TrainConfig(lora_dropout=0.0))
+    fmt = build_chat_format(processor, "list")
+    examples = load_splits("builtin:synthetic-pets").train[:5]
+    plain_batch = pad_batch([encode_train_sample(processor, fmt, ex.open(), ex.label) for ex in examples],
+                            processor.tokenizer.pad_token_id)
+    cache = FeatureCache(model, processor, fmt, torch.device("cpu"))
+    fast_batch = next(cache.train_batches(examples, [list(range(5))], num_workers=0))
+
+    model.train()
+    plain = plain_loss_sum(model, plain_batch)
+    with image_features_passthrough(model):
+        fast = answer_loss_sum(model, fast_batch)
+    assert cache.encoded == 5
+    assert fast.item() == pytest.approx(plain.item(), rel=1e-5)
+    assert torch.equal(fast_batch["labels"], plain_batch["labels"])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_packed_label_scoring_equals_scoring_each_label_on_its_own(request, name):
+    model, processor = _fresh(request, name)
+    model.eval()
+    fmt = build_chat_format(processor, "list")
+    examples = load_splits("builtin:synthetic-pets").test[:4]
+    cand, mask = candidate_tensor(processor.tokenizer, fmt)
+    plain = score_labels(model, _encode(processor, fmt, examples, "cpu"), cand, mask)
+    ids = [answer_ids(processor.tokenizer, fmt, i) for i in range(len(LABELS))]
+    packed = score_labels_packed(model, _encode(processor, fmt, examples, "cpu"), ids)
+    assert packed.shape == (4, len(LABELS))
+    torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-4)
+    assert torch.equal(packed.argmax(-1), plain.argmax(-1))
+
+
+def test_how_a_step_is_split_into_micro_batches_does_not_change_the_gradient(tiny_gemma3):
+    model, processor = tiny_gemma3
+    import copy
+
+    model = apply_lora(copy.deepcopy(model), TrainConfig(lora_dropout=0.0))
+    fmt = build_chat_format(processor, "short")
+    examples = load_splits("builtin:synthetic-pets").train[::37][:4]  # different labels: different lengths
+    samples = [encode_train_sample(processor, fmt, ex.open(), ex.label) for ex in examples]
+    pad = processor.tokenizer.pad_token_id
+
+    def grads(split):
+        model.zero_grad(set_to_none=True)
+        loss = run_step(model, [pad_batch(samples[a:b], pad) for a, b in split], StepPlan(4, plain_loss_sum), "cpu")
+        return loss, [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    whole_loss, whole = grads([(0, 4)])
+    split_loss, split = grads([(0, 1), (1, 3), (3, 4)])
+    assert split_loss == pytest.approx(whole_loss, rel=1e-5)
+    for a, b in zip(whole, split, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("fixed", "plain", "ckpt", "expected"), [
+    (10, 4, 1, (8, 2, False)),  # 10 + 8 x 4 GiB fits in 72 GiB, 16 samples would not: no checkpointing needed
+    (10, 9, 1, (16, 1, True)),  # only 4 fit without; checkpointing fits all 16: worth the recompute
+    (10, 20, 17, (2, 8, False)),  # 2 fit without, checkpointing does not double it: not worth it
+    (65, 9, 1, (4, 4, True)),  # not even 1 fits without checkpointing
+])
+def test_memory_plan_picks_the_micro_batch_and_checkpointing_from_measured_memory(monkeypatch, fixed, plain, ckpt,
+                                                                                    expected):
+    import trainer.memory as memory
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _: types.SimpleNamespace(total_memory=80 * gib))
+    state = {"checkpointing": False}
+    # the probe's peak: fixed + per-sample x samples, per sample smaller with checkpointing
+    monkeypatch.setattr(memory, "_probe", lambda _m, n, _l, _c: (fixed + n * (ckpt if state["checkpointing"]
+                                                                               else plain)) * gib)
+    plan = memory.plan_memory(TrainConfig(batch_size=8, gradient_accumulation_steps=2), torch.nn.Linear(2, 2),
+                              lambda m: m, None, torch.device("cuda"), lambda: state.update(checkpointing=True),
+                              disable_checkpointing=lambda: state.update(checkpointing=False))
+    assert (plan.micro_batch, plan.accumulation, plan.checkpointing) == expected
+    assert state["checkpointing"] == plan.checkpointing  # the model is left in the state the plan says
+    assert "per sample" in plan.why
+
+
+def test_a_fixed_micro_batch_must_divide_the_step():
+    from trainer.config import ConfigError
+
+    assert TrainConfig(batch_size=8, gradient_accumulation_steps=2, micro_batch=4).validate().micro_batch == 4
+    with pytest.raises(ConfigError, match="must divide"):
+        TrainConfig(batch_size=8, gradient_accumulation_steps=2, micro_batch=3).validate()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id", ["builtin:tiny-gemma3", "builtin:tiny-gemma4"])
+def test_fast_run_learns_what_the_plain_run_learns(tmp_path, model_id):
+    cfg = TrainConfig(model_id=model_id, dataset="builtin:synthetic-pets", prompt="short", train_size=37,
+                      eval_size=37, batch_size=2, gradient_accumulation_steps=3, num_epochs=2, learning_rate=1e-2,
+                      lora_r=4, eval_mode="both", max_new_tokens=4, num_workers=0, save_steps=0,
+                      # dropout masks are random draws whose shape follows the micro-batch padding, so they differ
+                      # between any two splits of a step; without dropout the two paths must agree step by step
+                      lora_dropout=0.0)
+    sinks = {}
+    for fast in (False, True):
+        sinks[fast] = ListSink()
+        assert run(cfg.replace(fast_path=fast, output_dir=str(tmp_path / str(fast))), sinks[fast]) == 0
+
+    def losses(sink):
+        return [e["loss"] for e in sink.events if e["event"] == "step"]
+
+    assert len(losses(sinks[True])) == len(losses(sinks[False])) == 13  # ceil(2 epochs x 37 / 6)
+    assert losses(sinks[True]) == pytest.approx(losses(sinks[False]), rel=1e-3)
+    plan = next(e for e in sinks[True].events if e["event"] == "memory_plan")
+    assert plan["feature_cache"] and plan["micro_batch"] == 6
+    cache = next(e for e in sinks[True].events if e["event"] == "image_cache")
+    assert cache["images"] == 37 + 37  # every train and eval image through the vision tower exactly once
+
+    def predictions(fast):
+        rows = [json.loads(line) for line in (tmp_path / str(fast) / "predictions.jsonl").read_text().splitlines()]
+        return [(r["phase"], r["mode"], r["image_id"], r["pred"]) for r in rows]
+
+    assert predictions(True) == predictions(False)

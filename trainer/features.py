@@ -1,0 +1,161 @@
+"""Encode each image once: with the vision tower frozen, its features never change, so they are cached.
+
+LoRA on the language model only (the default `--lora-target language`) leaves the vision tower and projector
+frozen: an image's features are the same in every epoch, in the baseline eval and in the final eval. The cache
+fills lazily - eval images during the baseline eval, training images during the first epoch, as part of the
+steps that first see them (so nothing stalls the first optimizer step) - and every later use skips JPEG decode,
+resize and the vision tower. Decode and resize run in DataLoader workers with pinned memory; the main process
+only ever asks them for images that are not cached yet.
+
+Features go back in through the model's own forward: `image_features_passthrough` makes the inner Gemma3Model /
+Gemma4Model take `pixel_values` as already-encoded features, so everything downstream (the placeholder scatter,
+Gemma 3's bidirectional image mask, Gemma 4's per-layer inputs) is the unmodified transformers code.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from trainer.collate import ChatFormat, answer_ids, append_answer, encode_prompt, pad_batch
+
+PIXEL_KEYS = ("pixel_values", "image_position_ids")
+
+
+def frozen_vision(cfg) -> bool:
+    """True when no gradient reaches the vision tower (LoRA on the language model only)."""
+    return cfg.lora_target == "language"
+
+
+def inner_model(model):
+    """The Gemma3Model / Gemma4Model inside (Peft)ForConditionalGeneration: the module that encodes images."""
+    for module in model.modules():
+        if all(hasattr(module, a) for a in ("get_image_features", "language_model", "vision_tower")):
+            return module
+    raise TypeError(f"{type(model).__name__} has no vision-language core (get_image_features + vision_tower)")
+
+
+@contextmanager
+def image_features_passthrough(model):
+    """Inside this block the model takes `pixel_values` = cached features and skips the vision tower."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    inner = inner_model(model)
+
+    def passthrough(pixel_values, *args, **kwargs):
+        # Gemma 3 expects (B, 256, H); Gemma 4 a sequence of per-image (n_i, H) blocks that it concatenates.
+        feats = pixel_values if pixel_values.dim() == 3 else (pixel_values,)
+        return BaseModelOutputWithPooling(pooler_output=feats)
+
+    inner.get_image_features = passthrough  # an instance attribute shadows the method for this block only
+    try:
+        yield
+    finally:
+        del inner.get_image_features
+
+
+class _Prompts(torch.utils.data.Dataset):
+    """Worker side: decode + resize + tokenise an example, or only name it when its features are cached."""
+
+    def __init__(self, examples, processor, fmt: ChatFormat):
+        self.examples, self.processor, self.fmt = examples, processor, fmt
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, item) -> tuple[int, dict | None]:
+        index, decode = item if isinstance(item, tuple) else (item, True)
+        prompt = encode_prompt(self.processor, self.fmt, self.examples[index].open()) if decode else None
+        return index, prompt
+
+
+def _as_list(items):
+    return items
+
+
+class FeatureCache:
+    """Prompt tensors (CPU) + image features (GPU, or pinned CPU when large) per image id, filled on first use."""
+
+    def __init__(self, model, processor, fmt: ChatFormat, device: torch.device, offload: bool = False):
+        self.model, self.processor, self.fmt, self.device, self.offload = model, processor, fmt, device, offload
+        self.entries: dict[str, dict[str, torch.Tensor]] = {}
+        self.encoded = 0  # images that went through the vision tower
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    @torch.no_grad()
+    def add(self, keys: list[str], prompts: list[dict[str, torch.Tensor]]) -> None:
+        """Run the vision tower once over these prompts' images and keep their features."""
+        inner = inner_model(self.model)
+        dtype = next(p.dtype for p in inner.vision_tower.parameters() if p.is_floating_point())
+        pixels = torch.cat([p["pixel_values"] for p in prompts]).to(self.device, dtype, non_blocking=True)
+        if "image_position_ids" in prompts[0]:  # Gemma 4: variable patch counts, padded rows marked -1
+            positions = torch.cat([p["image_position_ids"] for p in prompts]).to(self.device)
+            feats = inner.get_image_features(pixels, positions, return_dict=True).pooler_output
+        else:  # Gemma 3: a fixed 256 soft tokens per image, kept with their (1, 256, H) image axis
+            feats = inner.get_image_features(pixels, return_dict=True).pooler_output.unsqueeze(1)
+        for key, prompt, feat in zip(keys, prompts, feats, strict=True):
+            entry = {k: v for k, v in prompt.items() if k not in PIXEL_KEYS}
+            entry["pixel_values"] = feat.to("cpu").pin_memory() if self.offload else feat.clone()
+            self.entries[key] = entry
+        self.encoded += len(keys)
+
+    def prompt(self, key: str) -> dict[str, torch.Tensor]:
+        entry = self.entries[key]
+        return {**entry, "pixel_values": entry["pixel_values"].to(self.device, non_blocking=True)}
+
+    def prompts(self, examples, batch_size: int, num_workers: int) -> list[dict[str, torch.Tensor]]:
+        """Prompt tensors with features for `examples`, encoding (in worker-decoded batches) the missing ones."""
+        missing = [i for i, ex in enumerate(examples) if ex.image_id not in self]
+        if missing:
+            loader = self._loader(examples, [missing[s:s + batch_size] for s in range(0, len(missing), batch_size)],
+                                  num_workers)
+            for chunk in loader:
+                self.add([examples[i].image_id for i, _ in chunk], [p for _, p in chunk])
+        return [self.prompt(ex.image_id) for ex in examples]
+
+    def _loader(self, examples, batches, num_workers: int, generator=None):
+        workers = num_workers if self.device.type == "cuda" else 0  # CPU: workers only compete for the cores
+        return torch.utils.data.DataLoader(_Prompts(examples, self.processor, self.fmt), batch_sampler=batches,
+                                           num_workers=workers, collate_fn=_as_list, generator=generator,
+                                           pin_memory=self.device.type == "cuda")
+
+    def train_batches(self, examples, index_batches, num_workers: int, generator=None):
+        """Padded training micro-batches (prompt + answer, features as pixel_values) for each index list.
+
+        The sampler below runs in the main process, so it knows which images are cached and asks the workers
+        to decode only the others; those are encoded as their batch arrives (the first epoch) and cached.
+        """
+        cache = self
+
+        class _Flagged:
+            def __iter__(self):
+                for batch in index_batches:
+                    yield [(i, examples[i].image_id not in cache) for i in batch]
+
+            def __len__(self):
+                return len(index_batches)
+
+        pad_id = self.processor.tokenizer.pad_token_id
+        for chunk in self._loader(examples, _Flagged(), num_workers, generator):
+            fresh = [(i, p) for i, p in chunk if p is not None and examples[i].image_id not in self]
+            if fresh:
+                self.add([examples[i].image_id for i, _ in fresh], [p for _, p in fresh])
+            samples = [append_answer(self.prompt(examples[i].image_id),
+                                     answer_ids(self.processor.tokenizer, self.fmt, examples[i].label))
+                       for i, _ in chunk]
+            yield pad_batch(samples, pad_id)
+
+    def gib(self) -> float:
+        return sum(e["pixel_values"].numel() * e["pixel_values"].element_size() for e in self.entries.values()) / 2**30
+
+
+def new_cache(cfg, model, loaded, fmt: ChatFormat, n_images: int) -> FeatureCache:
+    """A cache on the GPU, or in pinned host memory when the features would crowd the GPU (large eval sets)."""
+    config = model.config
+    tokens = getattr(config, "mm_tokens_per_image", None) or cfg.image_budget or 280
+    need = n_images * tokens * config.get_text_config().hidden_size * 2
+    free = torch.cuda.mem_get_info()[0] if loaded.device.type == "cuda" else float("inf")
+    return FeatureCache(model, loaded.processor, fmt, loaded.device, offload=need > 0.2 * free)
