@@ -7,7 +7,8 @@ Endpoints (paths as read from huggingface_hub/hf_api.py and file_download.py):
   GET|HEAD /[datasets/]{repo}/resolve/{rev}/{path}            file bytes (Range → 206), X-Repo-Commit, ETag
 Knobs: `repo.gated` (401/403 + X-Error-Code: GatedRepo), `tokens` (valid bearer tokens), `corrupt` (paths
 served with a flipped byte), `fail_next(kind, path=…)` with kind 429 | 503 | reset (connection cut
-mid-file), `fault_rate` (that share of requests fails with a random 429/503/reset), `retry_after`.
+mid-file), `fault_rate` (that share of requests fails with a random 429/503/reset), `retry_after`,
+`link_mbps` (None: unthrottled; else each file body is paced to that many MB/s, a per-connection WAN link).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import random
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -65,6 +67,7 @@ class FakeHub:
         self.fault_rate = 0.0
         self.retry_after: str | None = "0"
         self.page_size = 50
+        self.link_mbps: float | None = None
         self.requests: list[dict] = []
         self.faults_served = 0
         self._rng = random.Random(seed)
@@ -244,7 +247,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        self.wfile.write(chunk)
+        self._write_paced(chunk)
+
+    def _write_paced(self, data: bytes, step: int = 64 * 1024) -> None:
+        rate = self.hub.link_mbps
+        if not rate:
+            self.wfile.write(data)
+            return
+        view, started = memoryview(data), time.monotonic()
+        for sent in range(0, len(view), step):
+            self.wfile.write(view[sent:sent + step])
+            ahead = min(sent + step, len(view)) / (rate * 1e6) - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
 
     # ------------------------------------------------------------------ responses
 
