@@ -19,6 +19,7 @@ from gemmactl.cloud.ports import ObjectInfo, Storage
 from gemmactl.errors import GemmactlError, IntegrityError, NotFoundError, PermissionDeniedError
 from gemmactl.staging.hub import RemoteFile, Retryable
 from gemmactl.staging.manifest import GIT_OID_KEY, SHA256_KEY
+from gemmactl.staging.pipe import read_ahead
 from gemmactl.staging.retry import RetryPolicy
 
 # Plain git blobs are small (the hub forces big files into LFS/xet) and their sha256 is unknown up
@@ -26,6 +27,9 @@ from gemmactl.staging.retry import RetryPolicy
 SMALL_FILE_BYTES = 64 * 1024 * 1024
 # Errors every other file would hit too: stop the pool instead of failing N times.
 _FATAL = (PermissionDeniedError, NotFoundError)
+# How far a file's download may run ahead of its upload: one Cloud Storage upload chunk, so the next
+# chunk downloads while the previous one uploads (memory: workers × (writer chunk + this)).
+READ_AHEAD_BYTES = 16 * 1024 * 1024
 
 
 class Source(Protocol):
@@ -159,7 +163,9 @@ class Copier:
         digest = _Digest(file)
         metadata = {SHA256_KEY: file.sha256} if file.sha256 else {GIT_OID_KEY: file.git_oid or ""}
         with self.target.storage.open_writer(self.target.bucket, self.target.name(file), metadata=metadata) as w:
-            self._pump(file, lambda chunk: (w.write(chunk), digest.update(chunk)))
+            for chunk in read_ahead(lambda sink: self._pump(file, sink), READ_AHEAD_BYTES, f"fetch {file.path}"):
+                w.write(chunk)
+                digest.update(chunk)
             return digest.verify()  # inside the writer: a mismatch discards the upload
 
     def _copy_buffered(self, file: RemoteFile) -> str:
