@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -178,14 +179,33 @@ def run_one(args) -> dict:
 
     marks: dict = {}
     _install_hooks(args, spec, work, marks)
+    _generate_full_length()
     model_id = f"builtin:{name}" if args.tiny else (args.model_dir or f"bench:{name}")
     cfg = TrainConfig(model_id=model_id, dataset=str(work / "pets"), output_dir=str(work / f"run-{name}-{mode}"),
                       train_size=args.train_size, eval_size=args.eval_size, num_epochs=args.epochs,
                       quantization="4bit" if mode == "qlora" else "none", max_new_tokens=args.max_new_tokens,
                       **json.loads(args.overrides)).validate()
+    shutil.rmtree(cfg.output_dir, ignore_errors=True)  # a finished run dir would make the trainer exit at once
     sink = TimedSink()
     run(cfg, sink)
     return summarise(cfg, sink.events, marks, t_proc, name, mode)
+
+
+def _generate_full_length() -> None:
+    """Generation eval always produces --max-new-tokens tokens (min_new_tokens = max_new_tokens).
+
+    Random weights emit an end-of-turn after a token or two, which would time almost nothing; the reference's
+    figures are for 32 generated tokens per image, so the benchmark pins the length (the trainer does not).
+    """
+    import transformers
+
+    class FullLength(transformers.GenerationConfig):
+        def __init__(self, **kwargs):
+            if "max_new_tokens" in kwargs:
+                kwargs["min_new_tokens"] = kwargs["max_new_tokens"]
+            super().__init__(**kwargs)
+
+    transformers.GenerationConfig = FullLength
 
 
 def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mode: str) -> dict:

@@ -72,8 +72,10 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
     fmt = build_chat_format(loaded.processor, cfg.prompt)
     model = apply_lora(loaded.model, cfg)
     samples = TrainSamples(train_set, loaded.processor, fmt)
-    plan, plan_event = _plan(cfg, model, loaded, fmt, samples, train_set, eval_set)
     timings["model_load_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    plan, plan_event = _plan(cfg, model, loaded, fmt, samples, train_set, eval_set)
+    timings["plan_s"] = time.perf_counter() - t
 
     # ---------------------------------------------------------------- resume
     _, total = plan_steps(len(train_set), cfg)
