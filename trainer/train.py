@@ -1,9 +1,11 @@
 """The training loop: plain PyTorch, LoRA parameters only, checkpoint + exact resume.
 
-Micro-batches come from a seeded permutation per epoch (`MicroBatches`), so the data order is a pure function of
-(seed, step): a resumed run trains on exactly the batches the killed one would have. The loss is computed in
-`forward_loss` only, over the answer tokens, so faster variants (cached image features, logits at answer positions
-only) can replace that one function and be compared against it.
+Each optimizer step takes batch_size x gradient_accumulation_steps samples from a seeded permutation per epoch
+(`MicroBatches`), so the data order is a pure function of (seed, step): a resumed run trains on exactly the samples
+the killed one would have. The loss is the mean over all the step's answer tokens, so how a step is split into
+micro-batches (`StepPlan`, chosen by trainer.memory) does not change the gradient. `plain_loss_sum` is the
+reference computation; `answer_loss_sum` the fast one (LM head at the answer positions only), fed cached image
+features by trainer.features; tests/trainer/test_fast_path.py holds them equal.
 """
 
 from __future__ import annotations
