@@ -154,3 +154,18 @@ def test_fast_run_learns_what_the_plain_run_learns(tmp_path, model_id):
         return [(r["phase"], r["mode"], r["image_id"], r["pred"]) for r in rows]
 
     assert predictions(True) == predictions(False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id", ["builtin:tiny-gemma3", "builtin:tiny-gemma4"])
+def test_lora_on_the_vision_tower_trains_without_the_feature_cache(tmp_path, model_id):
+    # all-linear puts adapters in the vision tower: its features change every step, so nothing may be cached
+    cfg = TrainConfig(model_id=model_id, dataset="builtin:synthetic-pets", prompt="short", train_size=12,
+                      eval_size=6, batch_size=2, gradient_accumulation_steps=2, max_steps=2, lora_target="all-linear",
+                      eval_mode="constrained", num_workers=0, save_steps=0, output_dir=str(tmp_path / "run"))
+    sink = ListSink()
+    assert run(cfg, sink) == 0
+    plan = next(e for e in sink.events if e["event"] == "memory_plan")
+    assert plan["feature_cache"] is False and plan["micro_batch"] == 4
+    assert not any(e["event"] == "image_cache" for e in sink.events)
+    assert [e["step"] for e in sink.events if e["event"] == "step"] == [1, 2]
