@@ -149,6 +149,9 @@ def describe(event: dict[str, Any]) -> str:
         return (f"{event.get('phase', '?')} eval ({event.get('mode', '?')}): accuracy {pct(event.get('accuracy'))} "
                 f"{ci(event.get('accuracy_ci95'))}, macro-F1 {_num(event.get('macro_f1'))}, n={event.get('n', '?')}, "
                 f"unknown {pct(event.get('unknown_rate'))}")
+    if kind == "memory_plan":
+        return (f"memory plan: micro-batch {event.get('micro_batch', '?')} × {event.get('accumulation', '?')}, "
+                f"checkpointing {'on' if event.get('checkpointing') else 'off'} ({event.get('why', '-')})")
     if kind == "checkpoint":
         return f"checkpoint at step {event.get('step')}: {event.get('path', '?')}"
     if kind == "done":

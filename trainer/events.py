@@ -51,7 +51,10 @@ class JsonlSink:
         self.stream = stream or sys.stdout
 
     def emit(self, event: str, **fields: Any) -> None:
-        line = scrub(json.dumps(_clean({"event": event, "time": now_iso(), **fields}), allow_nan=False))
+        # Cloud Logging reads `severity` from a JSON line, so `gemmactl logs --severity INFO` keeps progress.
+        severity = "ERROR" if event == "error" else "INFO"
+        record = {"event": event, "time": now_iso(), "severity": severity, **fields}
+        line = scrub(json.dumps(_clean(record), allow_nan=False))
         print(line, file=self.stream, flush=True)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -419,3 +419,12 @@ def test_cursor_treats_naive_timestamps_as_utc():
     cursor = logview.LogCursor(since=T0)
     naive = entry(1, "naive", at=(T0 + timedelta(seconds=1)).replace(tzinfo=None))
     assert [e.text for e in cursor.take([naive])] == ["naive"] and cursor.since.tzinfo is not None
+
+
+def test_the_memory_plan_event_says_why_in_one_line():
+    from gemmactl.events import describe
+
+    line = describe({"event": "memory_plan", "micro_batch": 16, "accumulation": 1, "checkpointing": False,
+                     "why": "activations 15.9 GiB fit in 69.8 GiB free"})
+    assert line == ("memory plan: micro-batch 16 × 1, checkpointing off "
+                    "(activations 15.9 GiB fit in 69.8 GiB free)")

@@ -178,3 +178,18 @@ def test_sigterm_ends_with_an_error_line(tmp_path):
     assert proc.returncode == 1
     assert json.loads(rest.strip().splitlines()[-1])["event"] == "error"
     assert err.strip().splitlines()[-1].startswith("error: Terminated: received SIGTERM")
+
+
+def test_events_carry_a_cloud_logging_severity(tmp_path):
+    """Cloud Logging takes `severity` from JSON stdout lines; errors must stand out from progress."""
+    import io
+    import json
+
+    from trainer.events import JsonlSink
+
+    stream = io.StringIO()
+    sink = JsonlSink(tmp_path / "events.jsonl", stream=stream)
+    sink.emit("step", step=1, loss=1.0)
+    sink.emit("error", message="boom")
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (first["severity"], second["severity"]) == ("INFO", "ERROR")
