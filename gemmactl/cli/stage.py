@@ -61,8 +61,10 @@ def _stage(ctx: typer.Context, source_id: str | None, kind: str, revision: str |
     out.json_mode = json
     if via not in ("local", "cloud-build"):
         raise UsageError(f"invalid --via '{via}'", hint="choose local or cloud-build")
-    s, cloud = connect(settings(ctx))
+    s = settings(ctx)
     source_id = source_id or s.dataset
+    staging_stage.check_source_id(source_id, kind)
+    s, cloud = connect(s)
     _check_bucket(cloud, s.bucket_name)
     request = staging.Request(source_id, kind, revision, force, workers)
     if via == "cloud-build":

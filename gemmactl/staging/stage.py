@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,17 @@ BUILTIN = "builtin:"
 
 def is_builtin(source_id: str) -> bool:
     return source_id.startswith(BUILTIN)
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_source_id(source_id: str, kind: str) -> None:
+    """ORG/NAME (the bucket layout needs both parts) or a builtin id; caught before any request."""
+    if is_builtin(source_id) or (_REPO_ID.match(source_id) and ".." not in source_id):
+        return
+    example = "timm/oxford-iiit-pet" if kind == DATASET else "google/gemma-3-4b-it"
+    raise UsageError(f"invalid {kind} id '{source_id}': expected ORG/NAME", hint=f"e.g. {example}")
 
 
 def target_prefix(source_id: str, kind: str) -> str:

@@ -276,3 +276,9 @@ def test_bad_repo_id_and_bad_via_are_usage_errors(cli, local):
     assert "invalid Hugging Face repo id" in cli(*args, "stage-model", "../etc", expect=2).stderr
     assert "invalid --via" in cli(*args, "stage-model", "a/b", "--via", "ftp", expect=2).stderr
     assert "needs Google Cloud" in cli(*args, "stage-model", "a/b", "--via", "cloud-build", expect=2).stderr
+
+
+def test_a_model_id_without_an_org_is_a_usage_error_before_any_request(cli, tmp_path):
+    res = cli("--local", "--local-dir", str(tmp_path), "stage-model", "notarepo", expect=2)
+    assert "expected ORG/NAME" in res.stderr and "google/gemma-3-4b-it" in res.stderr
+    assert "Traceback" not in res.output
