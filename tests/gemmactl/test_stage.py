@@ -273,7 +273,7 @@ def test_missing_bucket_points_at_init(cli, hub, tmp_path):
 
 def test_bad_repo_id_and_bad_via_are_usage_errors(cli, local):
     args, _ = local
-    assert "invalid Hugging Face repo id" in cli(*args, "stage-model", "../etc", expect=2).stderr
+    assert "expected ORG/NAME" in cli(*args, "stage-model", "../etc", expect=2).stderr
     assert "invalid --via" in cli(*args, "stage-model", "a/b", "--via", "ftp", expect=2).stderr
     assert "needs Google Cloud" in cli(*args, "stage-model", "a/b", "--via", "cloud-build", expect=2).stderr
 
