@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gemmactl import tokens
 from gemmactl.cloud import Cloud
 from gemmactl.cloud.ports import SecretText
 from gemmactl.errors import GemmactlError, NotFoundError, PermissionDeniedError, UsageError
@@ -152,17 +153,9 @@ def _failure(failed: list[tuple[RemoteFile, GemmactlError]], attempted: int) -> 
 
 def resolve_token(token_file: Path | None, env: dict[str, str], cloud: Cloud | None, secret: str) -> SecretText | None:
     """--hf-token-file, else $HF_TOKEN, else the configured secret; stripped, never shown."""
-    if token_file is not None:
-        try:
-            token = SecretText(token_file.read_text())
-        except OSError as e:
-            raise UsageError(f"cannot read the token file {token_file}: {e.strerror}",
-                             hint="pass a readable file holding only the token") from None
-        if not token:
-            raise UsageError(f"the token file {token_file} is empty", hint="put the hf_… token in it")
+    token = tokens.read_token(token_file, env=env)
+    if token is not None:
         return token
-    if env.get("HF_TOKEN", "").strip():
-        return SecretText(env["HF_TOKEN"])
     if cloud is None:
         return None
     try:
