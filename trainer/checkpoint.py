@@ -1,8 +1,10 @@
 """Crash-safe checkpoints under <output_dir>/checkpoints/step-N.
 
-A checkpoint is written to a temporary directory, renamed to `step-N`, and only then gets its `COMPLETE` marker,
-which lists every file with its size. On a GCS FUSE mount a directory rename is a copy object by object, so a task
-killed mid-write or mid-rename leaves a directory without a valid marker; `latest_checkpoint` skips it.
+A checkpoint is written straight into `step-N` and only then gets its `COMPLETE` marker (itself written to a temp
+file and renamed), which lists every file with its size. No directory is ever renamed: Cloud Run mounts the bucket
+with Cloud Storage FUSE, which refuses to rename a non-empty directory on a flat-namespace bucket by default
+(`rename-dir-limit=0`). A task killed mid-write leaves a `step-N` without a valid marker; `latest_checkpoint` skips
+it and the next save of that step (or pruning) removes it.
 """
 
 from __future__ import annotations
@@ -43,15 +45,12 @@ def latest_checkpoint(root: Path) -> tuple[int, Path] | None:
 
 
 def save_checkpoint(root: Path, step: int, write: Callable[[Path], None], keep: int = 2) -> Path:
-    """Write a checkpoint with `write(tmp_dir)`, rename it into place, mark it complete, prune old ones."""
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write(tmp)
+    """Write a checkpoint with `write(step_dir)`, then mark it complete and prune old ones."""
     final = root / f"step-{step}"
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    if final.exists():  # a half-written one from a killed attempt: its stale marker must go before new files land
+        shutil.rmtree(final)
+    final.mkdir(parents=True)
+    write(final)
     files = {str(p.relative_to(final)): p.stat().st_size for p in sorted(final.rglob("*")) if p.is_file()}
     marker_tmp = final / f".{MARKER}.tmp"
     marker_tmp.write_text(json.dumps({"step": step, "files": files}, indent=1))
@@ -61,12 +60,10 @@ def save_checkpoint(root: Path, step: int, write: Callable[[Path], None], keep: 
 
 
 def prune(root: Path, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints, and stale temporary dirs."""
-    complete = sorted(
-        (int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and is_complete(p)
-    )
-    for _, path in complete[:-keep]:
+    """Delete all but the newest `keep` complete checkpoints, and incomplete ones older than the newest."""
+    steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir())
+    complete = [(n, p) for n, p in steps if is_complete(p)]
+    newest = complete[-1][0] if complete else -1
+    abandoned = [(n, p) for n, p in steps if n < newest and (n, p) not in complete]
+    for _, path in complete[:-keep] + abandoned:
         shutil.rmtree(path, ignore_errors=True)
-    for stale in root.glob(".tmp-step-*"):
-        if not stale.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(stale, ignore_errors=True)

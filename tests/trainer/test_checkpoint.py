@@ -1,4 +1,4 @@
-"""Checkpoints: temp-dir + rename + marker, newest complete one wins, incomplete ones ignored, pruning."""
+"""Checkpoints: written in place + completion marker, no directory renames (FUSE), newest complete one wins, incomplete ones ignored, pruning."""
 
 from __future__ import annotations
 
@@ -38,3 +38,22 @@ def test_none_when_empty_and_pruning_keeps_newest(tmp_path):
         save_checkpoint(tmp_path, step, _writer(b"x"), keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-15", "step-20"]
     assert latest_checkpoint(tmp_path)[0] == 20
+
+
+def test_no_directory_is_renamed_because_gcs_fuse_refuses_it(tmp_path, monkeypatch):
+    """Cloud Run's FUSE mount of a flat bucket fails a non-empty directory rename; only files may be renamed."""
+    import os
+
+    real_replace = os.replace
+
+    def file_only_replace(src, dst):
+        assert not os.path.isdir(src), f"directory rename of {src}"
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", file_only_replace)
+    monkeypatch.setattr(os, "rename", file_only_replace)
+    (tmp_path / "step-7").mkdir()  # a killed attempt's leftover of the same step, with a stale marker
+    (tmp_path / "step-7" / MARKER).write_text(json.dumps({"step": 7, "files": {}}))
+    save_checkpoint(tmp_path, 7, _writer(b"z" * 3))
+    step, path = latest_checkpoint(tmp_path)
+    assert step == 7 and json.loads((path / MARKER).read_text())["files"]["adapter/w.bin"] == 3
