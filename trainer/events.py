@@ -3,6 +3,12 @@
 `gemmactl logs` renders these, so the shapes are a contract (see the trainer README / issue 3). Every event has
 "event" (its type) and "time" (ISO-8601 UTC). Human-readable lines go to stderr through `log()`. Secrets (the
 HF token) are scrubbed from everything written.
+
+The file copy is buffered for frequent progress events (`step`, `eval_progress`): on Cloud Run the output dir is a
+Cloud Storage FUSE mount where every close re-uploads the whole object, so one open/append/close per step would
+cost an upload of the growing file per step. Any other event (start, checkpoint, eval, done, error...) writes the
+buffer out at once, as does a progress event once `flush_s` seconds have passed since the last write; stdout is
+never buffered. So the file always holds complete lines, and nothing is lost on an error exit.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import json
 import math
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,12 +50,19 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+PROGRESS_EVENTS = frozenset({"step", "eval_progress"})
+
+
 class JsonlSink:
     """Writes each event to stdout (flushed at once, Cloud Logging picks it up) and appends it to a file."""
 
-    def __init__(self, path: Path | None, stream=None):
+    def __init__(self, path: Path | None, stream=None, flush_s: float = 15.0, clock=time.monotonic):
         self.path = path
         self.stream = stream or sys.stdout
+        self.flush_s = flush_s
+        self._clock = clock
+        self._pending: list[str] = []
+        self._last_write = clock()
 
     def emit(self, event: str, **fields: Any) -> None:
         # Cloud Logging reads `severity` from a JSON line, so `gemmactl logs --severity INFO` keeps progress.
@@ -56,10 +70,21 @@ class JsonlSink:
         record = {"event": event, "time": now_iso(), "severity": severity, **fields}
         line = scrub(json.dumps(_clean(record), allow_nan=False))
         print(line, file=self.stream, flush=True)
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as f:
-                f.write(line + "\n")
+        if self.path is None:
+            return
+        self._pending.append(line + "\n")
+        if event not in PROGRESS_EVENTS or self._clock() - self._last_write >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Append the buffered lines to the file in one open/write/close."""
+        if self.path is None or not self._pending:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write("".join(self._pending))
+        self._pending.clear()
+        self._last_write = self._clock()
 
 
 class NullSink:

@@ -193,3 +193,26 @@ def test_events_carry_a_cloud_logging_severity(tmp_path):
     sink.emit("error", message="boom")
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert (first["severity"], second["severity"]) == ("INFO", "ERROR")
+
+
+def test_progress_events_reach_the_file_in_batches_and_nothing_is_lost(tmp_path):
+    """On the FUSE-mounted output dir each close re-uploads events.jsonl: steps are batched, the rest are not."""
+    import io
+    import json
+
+    from trainer.events import JsonlSink
+
+    now = [0.0]
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink(path, stream=io.StringIO(), flush_s=10, clock=lambda: now[0])
+    lines = lambda: [json.loads(x)["event"] for x in path.read_text().splitlines()] if path.exists() else []  # noqa: E731
+    sink.emit("start")
+    sink.emit("step", step=1)
+    sink.emit("step", step=2)
+    assert lines() == ["start"]
+    now[0] = 10
+    sink.emit("step", step=3)
+    assert lines() == ["start", "step", "step", "step"]
+    sink.emit("step", step=4)
+    sink.emit("error", message="boom")  # an error exit writes out everything buffered before it
+    assert lines() == ["start", "step", "step", "step", "step", "error"]
