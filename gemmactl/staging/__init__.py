@@ -21,6 +21,7 @@ from gemmactl.staging.retry import RetryPolicy
 from gemmactl.staging.stage import (
     Plan,
     Result,
+    check_source_id,
     complete_manifest,
     execute,
     is_builtin,
@@ -55,7 +56,7 @@ def _hub(cloud: Cloud, bucket: str, request: Request, token: SecretText | None, 
          check_access: bool) -> tuple[Plan, Source]:
     from gemmactl.staging import hub, retry
 
-    hub.check_repo_id(request.source_id)
+    check_source_id(request.source_id, request.kind)
     prefix = target_prefix(request.source_id, request.kind)
     if hub.is_commit_sha(request.revision) and not request.force:
         # A pinned, already complete copy needs no hub at all (jobs and offline laptops).

@@ -18,12 +18,10 @@ from gemmactl.errors import (
     GemmactlError,
     NotFoundError,
     PermissionDeniedError,
-    UsageError,
 )
 
 MODEL, DATASET = "model", "dataset"
 CHUNK = 1024 * 1024  # bytes per read: bounded memory per worker
-_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -58,12 +56,6 @@ class Retryable(Exception):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
-
-
-def check_repo_id(repo: str) -> str:
-    if not _REPO_RE.match(repo) or ".." in repo:
-        raise UsageError(f"invalid Hugging Face repo id '{repo}'", hint="expected ORG/NAME, e.g. google/gemma-3-4b-it")
-    return repo
 
 
 def is_commit_sha(revision: str | None) -> bool:
