@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
+from tests.fakes.gcs_emulator import EmulatorDidNotStart, running_emulator
 from tests.gemmactl.test_stage_fixtures import TOKEN, hub, model_files, sha, sleeps  # noqa: F401
 
 PROJECT, BUCKET = "test-project", "test-project-gemma-finetuning-europe-west4"
@@ -22,26 +18,12 @@ MANIFEST = ".gemmactl-manifest.json"
 
 
 @pytest.fixture(scope="module")
-def emulator() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).with_name("gcp-storage-emulator")
-    proc = subprocess.Popen([str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b?project=probe", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.skip("gcp-storage-emulator did not start")
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+def emulator() -> Iterator[str]:
+    try:
+        with running_emulator() as url:
+            yield url
+    except EmulatorDidNotStart:
+        pytest.skip("gcp-storage-emulator did not start")
 
 
 @pytest.fixture

@@ -3,56 +3,25 @@ pointed at them through gcloud's endpoint-override variables (so anonymous crede
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 from gemmactl.cloud.gcp import Clock, make_gcp_cloud
 from gemmactl.settings import Settings
 from tests.fakes.gcp_rest import FakeGoogle
+from tests.fakes.gcs_emulator import running_emulator
 
 PROJECT = "test-project"
 PROJECT_NUMBER = "123456789012"  # FakeGoogle's default; the emulator reports it on buckets too
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[str]:
     """gcp-storage-emulator (in memory) as a subprocess; its URL once it answers."""
-    port = _free_port()
-    exe = Path(sys.executable).with_name("gcp-storage-emulator")
-    proc = subprocess.Popen(
-        [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
-         "--project-number", PROJECT_NUMBER],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b?project=probe", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("gcp-storage-emulator did not start") from None
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with running_emulator(PROJECT_NUMBER) as url:
+        yield url
 
 
 @pytest.fixture
