@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -27,12 +28,20 @@ class EventSink(Protocol):
     def emit(self, event: str, **fields: Any) -> None: ...
 
 
+_HF_TOKEN_SHAPE = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
+
+
+def hf_token() -> str | None:
+    """HF_TOKEN, stripped: a secret pasted with its newline must neither break auth nor slip past `scrub`."""
+    return (os.environ.get("HF_TOKEN") or "").strip() or None
+
+
 def scrub(text: str) -> str:
-    """Remove the HF token (and anything that looks like one) from a string before it is printed or written."""
-    token = os.environ.get("HF_TOKEN")
+    """Remove the HF token (and anything shaped like one) from a string before it is printed or written."""
+    token = hf_token()
     if token and len(token) >= 4:
         text = text.replace(token, "***")
-    return text
+    return _HF_TOKEN_SHAPE.sub("***", text)
 
 
 def _clean(value: Any) -> Any:

@@ -20,7 +20,7 @@ from trainer.collate import TrainSamples, build_chat_format, pad_batch
 from trainer.config import TrainConfig
 from trainer.data import load_splits, select
 from trainer.evaluate import evaluate
-from trainer.events import EventSink, log
+from trainer.events import EventSink, hf_token, log
 from trainer.features import frozen_vision, new_cache
 from trainer.memory import eval_batch_size, plan_memory
 from trainer.model import (
@@ -53,7 +53,7 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
     timings: dict[str, float] = {}
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", cfg.to_dict())
-    token = os.environ.get("HF_TOKEN") or None
+    token = hf_token()
     set_seed(cfg.seed)
 
     # ---------------------------------------------------------------- data

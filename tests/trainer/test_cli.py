@@ -216,3 +216,11 @@ def test_progress_events_reach_the_file_in_batches_and_nothing_is_lost(tmp_path)
     sink.emit("step", step=4)
     sink.emit("error", message="boom")  # an error exit writes out everything buffered before it
     assert lines() == ["start", "step", "step", "step", "step", "error"]
+
+
+def test_scrub_hides_the_token_even_with_its_newline_and_anything_shaped_like_one(monkeypatch):
+    from trainer.events import hf_token, scrub
+
+    monkeypatch.setenv("HF_TOKEN", "  secret-value-42\n")
+    assert hf_token() == "secret-value-42"
+    assert scrub("url?t=secret-value-42 and hf_" + "a1B2" * 9) == "url?t=*** and ***"
