@@ -39,3 +39,8 @@ def connect(s: Settings) -> tuple[Settings, Cloud]:
     if not s.project:
         s = s.with_project(c.project)
     return s, c
+
+
+def command_prefix(cloud: Cloud) -> str:
+    """How the user reaches this backend again, for hints."""
+    return "gemmactl --local" if cloud.backend == "local" else "gemmactl"

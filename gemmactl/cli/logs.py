@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from gemmactl.cli._common import connect, settings
+from gemmactl.cli._common import command_prefix, connect, settings
 from gemmactl.cli._options import FollowOpt, JsonOpt
 from gemmactl.cli._output import out
 from gemmactl.errors import NotFoundError
@@ -47,7 +47,7 @@ def logs(
     start, level = logview.parse_since(since), logview.parse_severity(severity)
     s, cloud = connect(settings(ctx))
     name = execution or latest_execution(cloud, s)
-    cmd = "gemmactl --local" if cloud.backend == "local" else "gemmactl"
+    cmd = command_prefix(cloud)
     if follow:
         try:
             final = logview.follow_execution(cloud, s, name, since=start, min_severity=level)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gemmactl.cli._common import connect, settings
+from gemmactl.cli._common import command_prefix, connect, settings
 from gemmactl.cli._options import DryRunOpt, FollowOpt, JsonOpt
 from gemmactl.cli._output import out
 from gemmactl.cloud import ports
@@ -36,7 +36,6 @@ Examples:
 _TRAIN = "Training (validated locally before anything is created)"
 _JOB = "Job resources"
 
-# Trainer fields: (flag names, TrainConfig field, type, help). Declared once, rendered as options below.
 SizeOpt = Annotated[int | None, typer.Option("--size", help="Training images (stratified sample).", rich_help_panel=_TRAIN)]
 EvalSizeOpt = Annotated[str | None, typer.Option("--eval-size", help="Eval images, or 'all'.", rich_help_panel=_TRAIN)]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Hub id, staged model or builtin:tiny-gemma3.", rich_help_panel=_TRAIN)]
@@ -173,7 +172,7 @@ def _check_region(cloud: Any, s: Any, *, dry_run: bool) -> None:
             out.warning(f"bucket {s.bucket_name} does not exist yet; run `gemmactl init` before training")
             return
         raise NotFoundError(f"bucket {s.bucket_name} does not exist", resource=s.bucket_name,
-                            hint=f"run `gemmactl{' --local' if cloud.backend == 'local' else ''} init`") from None
+                            hint=f"run `{command_prefix(cloud)} init`") from None
     if bucket.location.lower() != s.region.lower():
         raise RegionMismatchError(
             f"bucket {s.bucket_name} is in {bucket.location}, but the job runs in {s.region}",
@@ -218,7 +217,9 @@ def _for_run(cloud: Any, s: Any, config: Any, run_id: str, *, dry_run: bool) -> 
     except NotFoundError:
         if not dry_run:
             raise
-        return config.replace(output_dir=f"/mnt/gcs/runs/{run_id}")  # no bucket yet: shown, not resolved
+        from gemmactl.specs import run_output_dir
+
+        return config.replace(output_dir=run_output_dir(run_id))  # no bucket yet: shown, not resolved
 
 
 def _show_plan(spec: ports.JobSpec, overrides: ports.RunOverrides, run_id: str, s: Any) -> None:
@@ -269,7 +270,7 @@ def _launch(cloud: Any, s: Any, spec: ports.JobSpec, overrides: ports.RunOverrid
               "state": execution.state, "image": spec.image, "output": _output_location(cloud, s, run_id)}
     out.result(record)
     if not follow and not out.json_mode:
-        prefix = _cmd(cloud)
+        prefix = command_prefix(cloud)
         out.hint(f"`{prefix} logs {execution.name} --follow` · `{prefix} status` · `{prefix} results {run_id}`")
 
 
@@ -281,13 +282,8 @@ def _output_location(cloud: Any, s: Any, run_id: str) -> str:
     return f"{local}/{runs.run_prefix(run_id)}" if local else runs.run_uri(s.bucket_name, run_id)
 
 
-def _cmd(cloud: Any) -> str:
-    """How the user reaches this backend again, for hints."""
-    return "gemmactl --local" if cloud.backend == "local" else "gemmactl"
-
-
 def _follow(cloud: Any, s: Any, execution: ports.Execution) -> ports.Execution:
-    cmd = _cmd(cloud)
+    cmd = command_prefix(cloud)
     try:
         from gemmactl.logview import follow_execution
     except ImportError:
