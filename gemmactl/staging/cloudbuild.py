@@ -12,13 +12,11 @@ import importlib.metadata
 import io
 import shlex
 import tarfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from gemmactl.cloud import Cloud
 from gemmactl.cloud.ports import BuildInfo, BuildSpec, BuildStep
-from gemmactl.errors import BuildFailedError
 from gemmactl.settings import Settings
 from gemmactl.staging.hub import MODEL, Snapshot
 
@@ -96,27 +94,20 @@ def secret_has_value(cloud: Cloud, secret: str) -> bool:
         return False
 
 
-def run_build(cloud: Cloud, spec: BuildSpec, emit: Callable[[str], None], *,
-              sleep: Callable[[float], None] = time.sleep, poll_s: float = 2.0) -> BuildInfo:
+class _Lines:
+    """builds.BuildDisplay that passes log lines on and ignores phases (staging has one step)."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self.line = emit
+
+    def phase(self, status: str, phase: str | None, step: str | None) -> None:
+        pass
+
+
+def run_build(cloud: Cloud, spec: BuildSpec, emit: Callable[[str], None]) -> BuildInfo:
     """Submit, stream the log through `emit` until the build ends, fail with the build's own error."""
+    from gemmactl.builds import follow_build
+
     info = cloud.builds.submit(spec)
     emit(f"Cloud Build {info.id} started" + (f": {info.log_url}" if info.log_url else ""))
-    offset, partial = 0, b""
-    while True:
-        done = info.done
-        chunk = cloud.builds.read_log(info, offset=offset)
-        offset += len(chunk)
-        *lines, partial = (partial + chunk).split(b"\n")
-        for line in lines:
-            emit(line.decode("utf-8", "replace"))
-        if done:
-            break
-        sleep(poll_s)
-        info = cloud.builds.get(spec.region, info.id)
-    if partial:
-        emit(partial.decode("utf-8", "replace"))
-    if info.status != "SUCCESS":
-        detail = f": {info.failure_detail}" if info.failure_detail else ""
-        raise BuildFailedError(f"staging build {info.id} ended {info.status}{detail}",
-                               hint=f"full log: {info.log_url}" if info.log_url else None)
-    return info
+    return follow_build(cloud.builds, spec.region, info, _Lines(emit))

@@ -18,7 +18,8 @@ BUCKET = "test-project-gemma-finetuning-europe-west4"
 
 
 @pytest.fixture
-def cloud(fake_cloud):
+def cloud(fake_cloud, monkeypatch):
+    monkeypatch.setattr("gemmactl.builds.SLEEP", lambda s: None)  # Cloud Build polling, not slept
     fake_cloud.storage.create_bucket(BUCKET, location="europe-west4", labels={})
     fake_cloud.secrets.create_secret("HF_TOKEN", labels={})
     fake_cloud.secrets.add_version("HF_TOKEN", SecretText(TOKEN))
