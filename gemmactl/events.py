@@ -326,9 +326,9 @@ def comparison_table(done: dict[str, Any], evals: dict[tuple[str, str], dict[str
         table.add_column(column, justify="left" if column == "metric" else "right")
     table.add_row("accuracy", f"{pct(base.get('accuracy'))} {ci(ci_of.get('baseline'))}".replace(" -", ""),
                   f"{pct(final.get('accuracy'))} {ci(ci_of.get('final'))}".replace(" -", ""),
-                  signed(_diff(final.get("accuracy"), base.get("accuracy")), percent=True))
+                  signed(delta(final.get("accuracy"), base.get("accuracy")), percent=True))
     table.add_row("macro-F1", _num(base.get("macro_f1")), _num(final.get("macro_f1")),
-                  signed(_diff(final.get("macro_f1"), base.get("macro_f1"))))
+                  signed(delta(final.get("macro_f1"), base.get("macro_f1"))))
     return table
 
 
@@ -341,5 +341,6 @@ def _matching(evals: dict[tuple[str, str], dict[str, Any]], phase: str, headline
     return {}
 
 
-def _diff(a: Any, b: Any) -> float | None:
+def delta(a: Any, b: Any) -> float | None:
+    """a - b when both are numbers (a metric may be missing from either side)."""
     return a - b if isinstance(a, int | float) and isinstance(b, int | float) else None

@@ -74,7 +74,7 @@ def _show(summary: dict[str, Any]) -> None:
           ev.signed(delta["accuracy"], percent=True)],
          ["macro-F1", f"{base.get('macro_f1', 0):.3f}", f"{final.get('macro_f1', 0):.3f}", ev.signed(delta["macro_f1"])],
          ["unknown answers", ev.pct(base.get("unknown_rate")), ev.pct(final.get("unknown_rate")),
-          ev.signed(_diff(final.get("unknown_rate"), base.get("unknown_rate")), percent=True)]],
+          ev.signed(ev.delta(final.get("unknown_rate"), base.get("unknown_rate")), percent=True)]],
         title="baseline vs fine-tuned (accuracy with its 95 % CI)",
     )
     if len(summary.get("by_mode") or {}) > 1:
@@ -106,10 +106,6 @@ def _cost_line(summary: dict[str, Any]) -> str:
     peak = summary.get("peak_memory_gib")
     memory = f"peak GPU memory {peak:.1f} GiB" if isinstance(peak, int | float) else "peak GPU memory -"
     return "time: " + (", ".join(parts) or "-") + f" · {memory}"
-
-
-def _diff(a: Any, b: Any) -> float | None:
-    return a - b if isinstance(a, int | float) and isinstance(b, int | float) else None
 
 
 def register(app: typer.Typer) -> None:
