@@ -223,14 +223,15 @@ _FIELD_NAMES = [f.name for f in fields(Settings) if f.name not in ("sources", "t
 _INT_FIELDS = {"max_retries"}
 
 
-def _coerce(name: str, value: Any) -> Any:
+def _coerce(name: str, value: Any, source: str) -> Any:
     if value is None:
         return None
     if name in _INT_FIELDS:
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be an integer, got '{value}'") from None
+            raise ConfigError(f"{name} must be an integer, got '{value}' (from {source})",
+                              hint="use a whole number, e.g. 3") from None
     return str(value)
 
 
@@ -241,7 +242,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}", hint="check the --config path") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+        raise ConfigError(f"{path} is not valid TOML: {e}",
+                          hint='strings need quotes, e.g. region = "europe-west4"') from None
     unknown = sorted(set(data) - set(_FIELD_NAMES) - {"train"})
     if unknown:
         raise ConfigError(
@@ -279,7 +281,7 @@ def load_settings(
         for name, value in layer.items():
             if value is None or name not in _FIELD_NAMES:
                 continue
-            values[name] = _coerce(name, value)
+            values[name] = _coerce(name, value, source)
             sources[name] = source
     if train:
         sources["train"] = TOML
