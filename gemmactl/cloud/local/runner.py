@@ -47,15 +47,16 @@ def write_state(exec_dir: Path, state: dict[str, Any]) -> None:
 class LogWriter:
     """Appends one JSON object per output line: timestamp, insert id, severity, text, stream, attempt."""
 
-    def __init__(self, path: Path, execution: str, secret: str | None) -> None:
-        self.path, self.execution, self.secret = path, execution, secret
+    def __init__(self, path: Path, execution: str) -> None:
+        self.path, self.execution = path, execution
+        self.secrets: tuple[str, ...] = ()  # values scrubbed from every line
         self.lock = threading.Lock()
         self.seq = 0
         self.attempt = 0
 
     def write(self, text: str, *, stream: str = "stdout", severity: str | None = None) -> None:
-        if self.secret:
-            text = text.replace(self.secret, "***")  # belt and braces: the trainer scrubs too
+        for secret in self.secrets:
+            text = text.replace(secret, "***")  # belt and braces: the trainer scrubs too
         with self.lock:
             self.seq += 1
             record = {"timestamp": now_iso(), "insert_id": f"{self.execution}-{self.seq:07d}",
@@ -162,9 +163,9 @@ class Task:
         bucket_dir = self.state["bucket_dir"]
         args = [rewrite(a, spec["mount_path"], bucket_dir) for a in (overrides["args"] or spec["args"])]
         timeout = overrides.get("timeout_s") or spec["timeout_s"]
-        log = LogWriter(self.dir / LOG, self.state["name"], None)
+        log = LogWriter(self.dir / LOG, self.state["name"])
         secrets = _secrets(self.state, log)
-        log.secret = next(iter(secrets.values()), None)
+        log.secrets = tuple(v for v in secrets.values() if v)
         self.save(state=RUNNING, start_time=now_iso(), runner_pid=os.getpid())
         attempts = spec["max_retries"] + 1
         for attempt in range(attempts):
