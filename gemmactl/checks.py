@@ -105,13 +105,9 @@ def _bindings(ctx: Context) -> Check:
     """service account roles."""
     s, cloud = ctx.settings, _cloud(ctx)
     member = f"serviceAccount:{s.service_account_email}"
-    policies = [
-        (setup.ROLE_BUCKET, f"gs://{s.bucket_name}", lambda: cloud.storage.get_bucket_policy(s.bucket_name)),
-        (setup.ROLE_SECRET, f"secret {s.secret}", lambda: cloud.secrets.get_policy(s.secret)),
-        (setup.ROLE_LOGS, "the project", cloud.iam.get_project_policy),
-    ]
     missing = []
-    for role, where, read in policies:
+    for target, role, where in setup.bindings(s):
+        read, _ = setup.policy_ports(cloud, s, target)
         try:
             granted = read().has(role, member)
         except NotFoundError:

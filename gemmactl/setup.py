@@ -229,15 +229,20 @@ def _binding_steps(s: Settings, snap: Snapshot) -> list[Step]:
     if snap.local:
         return [Step("none", "IAM bindings", "service account roles", LOCAL_NA)]
     member = f"serviceAccount:{s.service_account_email}"
-    wanted = [
-        ("bucket", ROLE_BUCKET, f"gs://{s.bucket_name}", snap.bucket_policy),
-        ("secret", ROLE_SECRET, f"secret {s.secret}", snap.secret_policy),
-        ("project", ROLE_LOGS, f"project {s.project}", snap.project_policy),
-    ]
+    policies = {"bucket": snap.bucket_policy, "secret": snap.secret_policy, "project": snap.project_policy}
     return [
         _state(Step("binding", "IAM binding", f"{role} on {where}", CREATE, member, target=target),
-               policy is not None and policy.has(role, member))
-        for target, role, where, policy in wanted
+               policies[target] is not None and policies[target].has(role, member))
+        for target, role, where in bindings(s)
+    ]
+
+
+def bindings(s: Settings) -> list[tuple[str, str, str]]:
+    """(target, role, where) for each role the job's service account needs: the one list init and doctor share."""
+    return [
+        ("bucket", ROLE_BUCKET, f"gs://{s.bucket_name}"),
+        ("secret", ROLE_SECRET, f"secret {s.secret}"),
+        ("project", ROLE_LOGS, f"project {s.project}"),
     ]
 
 
@@ -348,9 +353,9 @@ def _add_version(cloud: Cloud, s: Settings, step: Step, token: SecretText | None
 
 
 def _add_binding(cloud: Cloud, s: Settings, step: Step, token: SecretText | None) -> str:
-    role = {"bucket": ROLE_BUCKET, "secret": ROLE_SECRET, "project": ROLE_LOGS}[step.target]
+    role = next(r for target, r, _ in bindings(s) if target == step.target)
     member = f"serviceAccount:{s.service_account_email}"
-    get, put = _policy_ports(cloud, s, step.target)
+    get, put = policy_ports(cloud, s, step.target)
     policy = get()
     if policy.has(role, member):
         return EXISTS
@@ -358,7 +363,8 @@ def _add_binding(cloud: Cloud, s: Settings, step: Step, token: SecretText | None
     return step.state
 
 
-def _policy_ports(cloud: Cloud, s: Settings, target: str) -> tuple[Callable[[], Policy], Callable]:
+def policy_ports(cloud: Cloud, s: Settings, target: str) -> tuple[Callable[[], Policy], Callable]:
+    """(read, write) of the IAM policy on a binding target."""
     if target == "bucket":
         return (lambda: cloud.storage.get_bucket_policy(s.bucket_name),
                 lambda p: cloud.storage.set_bucket_policy(s.bucket_name, p))
