@@ -143,7 +143,9 @@ def _report(plan: BuildPlan, archive: SourceArchive, status: str, *, dry_run: bo
 
 
 def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+    from gemmactl.staging.progress import size_text  # lazily: rich.progress is not for start-up
+
+    return size_text(n)
 
 
 class _Display:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 
 from rich.console import Console
+from rich.filesize import decimal
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -52,7 +53,7 @@ class RichProgress:
             task, size = self._files.pop(path, (None, 0))
         if task is not None:
             self._bars.remove_task(task)
-            self.console.print(f"[green]✓[/green] {path} [dim]({_size(size)})[/dim]", markup=True, highlight=False)
+            self.console.print(f"[green]✓[/green] {path} [dim]({size_text(size)})[/dim]", markup=True, highlight=False)
 
     def note(self, message: str) -> None:
         self.console.print(message, markup=True, highlight=False)
@@ -61,12 +62,6 @@ class RichProgress:
         self._bars.stop()
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-size_text = _size
+def size_text(n: float) -> str:
+    """'585.3 kB': decimal units, as rich's transfer columns show them."""
+    return decimal(int(n))
