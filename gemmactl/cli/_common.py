@@ -41,6 +41,25 @@ def connect(s: Settings) -> tuple[Settings, Cloud]:
     return s, c
 
 
+def follow_to_end(cloud: Cloud, s: Settings, name: str, **options: Any) -> Any:
+    """Stream an execution until it ends (`logs --follow`, `train --follow`). Ctrl-C stops following, never the
+    job (exit 130, with the commands to get back to it); a failed or cancelled execution raises JobFailedError."""
+    from gemmactl import logview
+    from gemmactl.cli._output import out
+
+    cmd = command_prefix(cloud)
+    try:
+        final = logview.follow_execution(cloud, s, name, **options)
+    except KeyboardInterrupt:
+        short = logview.short_execution_name(name)
+        out.warning(f"stopped following; execution {short} keeps running")
+        out.hint(f"`{cmd} logs {short} --follow` to watch it again, `{cmd} cancel {short}` to stop it")
+        raise typer.Exit(130) from None
+    logview.raise_for_execution(final, cmd=cmd)
+    out.success(f"execution {final.name} succeeded")
+    return final
+
+
 def command_prefix(cloud: Cloud) -> str:
     """How the user reaches this backend again, for hints."""
     return "gemmactl --local" if cloud.backend == "local" else "gemmactl"

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from gemmactl.cli._common import command_prefix, connect, settings
+from gemmactl.cli._common import connect, follow_to_end, settings
 from gemmactl.cli._options import FollowOpt, JsonOpt
 from gemmactl.cli._output import out
 from gemmactl.errors import NotFoundError
@@ -47,17 +47,8 @@ def logs(
     start, level = logview.parse_since(since), logview.parse_severity(severity)
     s, cloud = connect(settings(ctx))
     name = execution or latest_execution(cloud, s)
-    cmd = command_prefix(cloud)
     if follow:
-        try:
-            final = logview.follow_execution(cloud, s, name, since=start, min_severity=level)
-        except KeyboardInterrupt:
-            short = logview.short_execution_name(name)
-            out.warning(f"stopped following; execution {short} keeps running")
-            out.hint(f"`{cmd} logs {short} --follow` to watch it again, `{cmd} cancel {short}` to stop it")
-            raise typer.Exit(130) from None
-        logview.raise_for_execution(final, cmd=cmd)
-        out.success(f"execution {final.name} succeeded")
+        follow_to_end(cloud, s, name, since=start, min_severity=level)
         return
     if not logview.dump_logs(cloud, s, name, since=start, min_severity=level):
         which = f" at {level} or above" if level else ""

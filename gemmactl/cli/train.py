@@ -8,15 +8,13 @@ from typing import Annotated, Any
 
 import typer
 
-from gemmactl.cli._common import command_prefix, connect, settings
+from gemmactl.cli._common import command_prefix, connect, follow_to_end, settings
 from gemmactl.cli._options import DryRunOpt, FollowOpt, JsonOpt
 from gemmactl.cli._output import out
 from gemmactl.cloud import ports
 from gemmactl.errors import (
     ConfigError,
     CredentialsError,
-    GemmactlError,
-    JobFailedError,
     NotFoundError,
     RegionMismatchError,
 )
@@ -283,30 +281,11 @@ def _output_location(cloud: Any, s: Any, run_id: str) -> str:
 
 
 def _follow(cloud: Any, s: Any, execution: ports.Execution) -> ports.Execution:
-    cmd = command_prefix(cloud)
-    try:
-        from gemmactl.logview import follow_execution
-    except ImportError:
-        raise GemmactlError(
-            f"--follow is unavailable in this install (gemmactl.logview is missing); {execution.name} is running",
-            hint=f"{cmd} logs {execution.name} --follow",
-        ) from None
-    try:
-        final = follow_execution(cloud, s, execution.name)
-    except KeyboardInterrupt:
-        # Re-running `train` would start a second execution; say how to get back to this one instead.
-        out.warning(f"stopped following; execution {execution.name} keeps running")
-        out.hint(f"`{cmd} logs {execution.name} --follow` to watch it again, `{cmd} cancel {execution.name}` to stop it")
-        raise typer.Exit(130) from None
-    if final.state == ports.SUCCEEDED:
-        out.success(f"execution {final.name} succeeded")
-        return final
-    detail = ": ".join(x for x in (final.reason, final.message) if x)
-    raise JobFailedError(
-        f"execution {final.name} {final.state.lower()}" + (f" ({detail})" if detail else ""),
-        execution=final.name,
-        hint=f"`{cmd} logs {final.name}` shows the last lines; re-run the same `train` to retry",
-    )
+    from gemmactl import logview
+
+    # With --json the result owns stdout: progress goes to stderr.
+    view = logview.default_view(follow=True, stderr=True) if out.json_mode else None
+    return follow_to_end(cloud, s, execution.name, view=view)
 
 
 def register(app: typer.Typer) -> None:
