@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -179,13 +178,14 @@ def _check_region(cloud: Any, s: Any, *, dry_run: bool) -> None:
 
 
 def _source_tag() -> str | None:
-    """The content-hash tag `gemmactl build` pushes for this source tree, when the tree is here."""
+    """The content-hash tag `gemmactl build` would push from here (the same source lookup), or None."""
+    from gemmactl import source
+    from gemmactl.errors import UsageError
+
     try:
-        from gemmactl.source import content_hash
-    except ImportError:
+        return source.content_hash(source.find_root())
+    except UsageError:  # not inside a source checkout: no tag to prefer
         return None
-    root = Path(__file__).resolve().parents[2]
-    return content_hash(root) if (root / "Dockerfile").is_file() else None
 
 
 def _resolve_image(cloud: Any, s: Any, explicit: str | None, *, dry_run: bool) -> str:
