@@ -256,23 +256,28 @@ def apply_plan(
     token: SecretText | None,
     *,
     on_step: Callable[[Step], None] = lambda step: None,
+    on_progress: Callable[[str], None] = lambda message: None,
 ) -> list[Step]:
-    """Carry out the non-"exists" steps in order; returns the plan with each step's actual state."""
+    """Carry out the non-"exists" steps in order; returns the plan with each step's actual state.
+    `on_progress` hears what is being done or waited for (enabling APIs and IAM propagation take minutes)."""
     apis = [step.name for step in plan if step.kind == "api" and step.state == CREATE]
     if apis:
         # One batch call (≤ 20 services per request; we need 9); the adapter waits for the operation.
+        on_progress(f"enabling {len(apis)} APIs (can take a minute)")
         cloud.services.enable(apis)
     done: list[Step] = []
     for step in plan:
         if step.state in (CREATE, UPDATE) and step.kind != "api":
-            step = replace(step, state=with_retries(lambda st=step: _APPLY[st.kind](cloud, s, st, token)))
+            on_progress(f"{step.state} {step.resource} {step.name}")
+            action = lambda st=step: _APPLY[st.kind](cloud, s, st, token)  # noqa: E731
+            step = replace(step, state=with_retries(action, on_wait=on_progress))
         if step.state in (CREATE, UPDATE):
             on_step(step)
         done.append(step)
     return done
 
 
-def with_retries(action: Callable[[], T]) -> T:
+def with_retries(action: Callable[[], T], on_wait: Callable[[str], None] = lambda message: None) -> T:
     """Retry through the SERVICE_DISABLED window and IAM's service-account propagation delay."""
     delay, waited = 2.0, 0.0
     while True:
@@ -282,6 +287,7 @@ def with_retries(action: Callable[[], T]) -> T:
             limit = API_WAIT_S if isinstance(e, ServiceDisabledError) else SA_WAIT_S
             if not _retryable(e) or waited >= limit:
                 raise
+            on_wait(f"waiting for Google to propagate ({waited:.0f}s of up to {limit:.0f}s): {e.message}")
             sleep(delay)  # a module global, looked up per call, so tests can swap it
             waited += delay
             delay = min(delay * 2, 30.0)

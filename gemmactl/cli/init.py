@@ -45,7 +45,9 @@ def init(
         token = _ask_token(local=cloud.backend == "local")
     plan = setup.build_plan(s, snapshot, token)
     if not dry_run:
-        plan = setup.apply_plan(plan, cloud, s, token, on_step=_report)
+        with out.err.status("applying the plan…") as status:
+            plan = setup.apply_plan(plan, cloud, s, token, on_step=_report,
+                                    on_progress=lambda message: status.update(message))
     _show(plan, project=s.project or "", backend=cloud.backend, dry_run=dry_run)
 
 

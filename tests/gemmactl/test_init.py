@@ -234,3 +234,21 @@ def test_dry_run_without_a_token_does_not_ask(cli, fake_cloud):
     version = [s for s in json.loads(result.stdout)["steps"] if s["resource"] == "secret version"][0]
     assert version["state"] == "create" and "--hf-token-file" in version["detail"]
     assert fake_cloud.mutations == []
+
+
+def test_waiting_through_the_service_disabled_window_is_reported(monkeypatch):
+    """Enabling APIs can take minutes: the wait is said out loud, not silent."""
+    from gemmactl import setup
+    from gemmactl.errors import ServiceDisabledError
+
+    monkeypatch.setattr(setup, "sleep", lambda seconds: None)
+    calls, heard = iter([ServiceDisabledError("run API disabled", service="run.googleapis.com"), None]), []
+
+    def action():
+        error = next(calls)
+        if error:
+            raise error
+        return "done"
+
+    assert setup.with_retries(action, on_wait=heard.append) == "done"
+    assert len(heard) == 1 and "waiting for Google" in heard[0] and "run API disabled" in heard[0]
