@@ -9,6 +9,7 @@ fits in 90 % of the GPU. Gradient checkpointing is turned on only if not even on
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ def divisors(n: int) -> list[int]:
 
 
 def plan_memory(cfg, model, probe_batch: Callable[[int], dict], loss_fn, device,
-                enable_checkpointing: Callable[[], None], cached: bool = False,
+                enable_checkpointing: Callable[[], None], context: Callable = contextlib.nullcontext,
                 disable_checkpointing: Callable[[], None] = lambda: None) -> MemoryPlan:
     """The micro-batch / checkpointing plan for an effective batch of batch_size x accumulation samples."""
     effective = cfg.batch_size * cfg.gradient_accumulation_steps
@@ -50,12 +51,12 @@ def plan_memory(cfg, model, probe_batch: Callable[[int], dict], loss_fn, device,
                           + ("--micro-batch" if cfg.micro_batch else "one pass per step"))
     if forced == "on":
         enable_checkpointing()
-    plan = _fit(model, probe_batch, loss_fn, effective, forced == "on", cached, cfg.micro_batch)
+    plan = _fit(model, probe_batch, loss_fn, effective, forced == "on", context, cfg.micro_batch)
     if forced == "auto" and plan.micro_batch < min(SMALL_MICRO_BATCH, effective) and not cfg.micro_batch:
         # Too few samples per pass leave the GPU idle between small kernels; recomputing activations (~+30 %
         # forward FLOPs) pays off when it at least doubles the micro-batch.
         enable_checkpointing()
-        with_ckpt = _fit(model, probe_batch, loss_fn, effective, True, cached, None)
+        with_ckpt = _fit(model, probe_batch, loss_fn, effective, True, context, None)
         if with_ckpt.micro_batch >= max(1, 2 * plan.micro_batch):
             plan = with_ckpt
         else:
@@ -65,13 +66,13 @@ def plan_memory(cfg, model, probe_batch: Callable[[int], dict], loss_fn, device,
     return plan
 
 
-def _fit(model, probe_batch, loss_fn, effective: int, checkpointing: bool, cached: bool,
+def _fit(model, probe_batch, loss_fn, effective: int, checkpointing: bool, context: Callable,
          wanted: int | None) -> MemoryPlan:
     total = torch.cuda.get_device_properties(0).total_memory
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     budget = HEADROOM * total - 12 * trainable  # fp32 Adam moments (8 B) + grads (4 B), created at the first step
-    p1 = _probe(model, probe_batch(1), loss_fn, cached)
-    p2 = _probe(model, probe_batch(2), loss_fn, cached) if effective > 1 and p1 is not None else None
+    p1 = _probe(model, probe_batch(1), loss_fn, context)
+    p2 = _probe(model, probe_batch(2), loss_fn, context) if effective > 1 and p1 is not None else None
     mode = "with" if checkpointing else "without"
     if p1 is None or p1 > budget:
         return MemoryPlan(0, 0, checkpointing, f"1 sample {mode} checkpointing does not fit")
@@ -86,15 +87,14 @@ def _fit(model, probe_batch, loss_fn, effective: int, checkpointing: bool, cache
     return MemoryPlan(m, effective // m, checkpointing, why, fixed / gib, per_sample / gib, budget / gib)
 
 
-def _probe(model, batch: dict, loss_fn, cached: bool) -> int | None:
-    """Peak bytes of one forward + backward on `batch`; gradients and every RNG are left as they were."""
-    from trainer.train import features_context
-
+def _probe(model, batch: dict, loss_fn, context: Callable) -> int | None:
+    """Peak bytes of one forward + backward on `batch` inside `context()` (the training step's: cached features,
+    fused forwards); gradients and every RNG are left as they were."""
     was_training = model.training
     model.train()
     batch = {k: v.cuda(non_blocking=True) for k, v in batch.items()}
     try:
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()]), features_context(model, cached):
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()]), context():
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             loss_fn(model, batch).backward()

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ from trainer.train import (
     plain_loss_sum,
     plan_steps,
     set_seed,
+    step_context,
     train,
 )
 
@@ -148,11 +150,13 @@ def _plan(cfg: TrainConfig, model, loaded, fmt, samples, train_set, eval_set) ->
         probe = lambda m: next(cache.train_batches(train_set, [list(range(m))], 0))  # noqa: E731
     else:
         probe = lambda m: pad_batch([samples[i] for i in range(m)], loaded.processor.tokenizer.pad_token_id)  # noqa: E731
+    context = partial(step_context, model, cache is not None, True)
     memory = plan_memory(cfg, model, probe, answer_loss_sum, loaded.device, lambda: enable_gradient_checkpointing(model),
-                         cached=cache is not None, disable_checkpointing=model.gradient_checkpointing_disable)
+                         context=context, disable_checkpointing=model.gradient_checkpointing_disable)
     log(f"micro-batch {memory.micro_batch} x {memory.accumulation}, gradient checkpointing "
         f"{'on' if memory.checkpointing else 'off'}: {memory.why}")
-    return StepPlan(memory.micro_batch, answer_loss_sum, cache), {**memory.event(), "feature_cache": cache is not None}
+    plan = StepPlan(memory.micro_batch, answer_loss_sum, cache, fused=True)
+    return plan, {**memory.event(), "feature_cache": cache is not None, "fused": True}
 
 
 def _evaluate_modes(model, loaded, fmt, eval_set, cfg: TrainConfig, phase: str, sink: EventSink,

@@ -162,6 +162,7 @@ class StepPlan:
     micro_batch: int
     loss: Callable = plain_loss_sum
     cache: object | None = None  # trainer.features.FeatureCache when the vision tower is frozen
+    fused: bool = False  # trainer.fused: LoRA, RMSNorm and GeGLU in fewer kernels (the same function)
 
 
 def step_index_lists(n: int, cfg: TrainConfig, first_step: int, total: int) -> list[list[int]]:
@@ -202,7 +203,7 @@ def run_step(model, micro_batches: list[dict], plan: StepPlan, device) -> float:
     """
     n_tokens = sum(answer_tokens(b) for b in micro_batches)
     total = torch.zeros((), device=device)
-    with features_context(model, plan.cache is not None):
+    with step_context(model, plan.cache is not None, plan.fused):
         for batch in micro_batches:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             loss = plan.loss(model, batch)
@@ -211,13 +212,15 @@ def run_step(model, micro_batches: list[dict], plan: StepPlan, device) -> float:
     return total.item() / n_tokens
 
 
-def features_context(model, cached: bool):
-    """Inside: pixel_values are cached image features (trainer.features); a no-op for the plain path."""
-    if not cached:
-        return contextlib.nullcontext()
+@contextlib.contextmanager
+def step_context(model, cached: bool, fused: bool):
+    """Inside: pixel_values are cached image features (trainer.features) and the fused forwards run
+    (trainer.fused); both are no-ops for the plain path."""
     from trainer.features import image_features_passthrough
+    from trainer.fused import fused_training
 
-    return image_features_passthrough(model)
+    with (image_features_passthrough(model) if cached else contextlib.nullcontext()), fused_training(model, fused):
+        yield
 
 
 def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, sched, total: int,

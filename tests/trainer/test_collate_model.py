@@ -136,3 +136,16 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(request, famil
     assert torch.allclose(results[0][0], results[1][0])
     assert len(results[0][1]) == len(results[1][1]) > 0
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1], strict=True))
+
+
+def test_a_bf16_load_keeps_bitsandbytes_out_of_the_process(monkeypatch):
+    # peft imports bitsandbytes whenever it is installed: 4.4 s of billed GPU start-up that a bf16 run never uses
+    import importlib.util
+    import sys
+
+    from trainer.config import TrainConfig
+    from trainer.model import load_model_and_processor
+
+    monkeypatch.delitem(sys.modules, "bitsandbytes", raising=False)
+    load_model_and_processor(TrainConfig(model_id="builtin:tiny-gemma3"), token=None)
+    assert sys.modules["bitsandbytes"] is None and importlib.util.find_spec("bitsandbytes") is None

@@ -1,0 +1,288 @@
+"""Where the fast path's training step spends its time: variants of one step timed side by side, with kernel tables.
+
+One process builds a random-initialised model at published dimensions (bench/gpu_models.py), adds the trainer's
+LoRA, encodes a micro-batch of real-shaped prompts (500x375 JPEGs through the trainer's processor and feature
+cache) and times forward + backward + optimizer step for each variant, cumulatively applied in order. Each
+variant's first-step loss is compared with the plain peft one (bf16 tolerance), and its steady step time, samples/s,
+text-model MFU and peak memory are printed. `--profile` adds a torch.profiler kernel table per variant.
+
+    python bench/gpu_step.py --out $OUT --variants peft,fused,nodropout --profile peft,fused
+    python bench/gpu_step.py --tiny --device cpu --variants peft,fused,nodropout  # CPU check of the script
+
+`--startup` instead times what precedes the first step: imports, the checkpoint load (cProfile top entries),
+a raw safetensors read for comparison, and the first (cold) forward + backward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [os.environ.get("BENCH_TRAINER_ROOT", str(ROOT)), str(ROOT), str(ROOT / "bench")]
+
+
+def build(args):
+    """(peft model, processor, batch dict on device, answer-token count)."""
+    import torch
+
+    from gpu_matrix import _write_jpeg
+    from trainer.collate import answer_ids, append_answer, build_chat_format, encode_prompt, pad_batch
+    from trainer.config import TrainConfig
+    from trainer.features import FeatureCache
+    from trainer.model import apply_lora
+
+    device = torch.device(args.device)
+    work = Path(args.work)
+    if args.tiny:
+        from trainer.builtin import build_model_and_processor
+
+        model, processor = build_model_and_processor("builtin:tiny-gemma3", seed=0)
+        model = model.to(device)
+    else:
+        from gpu_models import SPECS, build_model, build_processor
+
+        processor = build_processor("gemma3", work)
+        model = build_model(SPECS[args.model], processor)
+    cfg = TrainConfig(model_id="bench", prompt=args.prompt, lora_dropout=args.lora_dropout)
+    model = apply_lora(model, cfg)
+    fmt = build_chat_format(processor, cfg.prompt)
+    from PIL import Image
+
+    prompts, keys = [], []
+    for i in range(args.batch):
+        path = work / "img" / f"{i}.jpg"
+        if not path.is_file():
+            _write_jpeg((path, i))
+        prompts.append(encode_prompt(processor, fmt, Image.open(path).convert("RGB")))
+        keys.append(str(i))
+    cache = FeatureCache(model, processor, fmt, device)
+    cache.add(keys, prompts)
+    rows = [append_answer(cache.prompt(k), answer_ids(processor.tokenizer, fmt, i % 37)) for i, k in enumerate(keys)]
+    batch = {k: v.to(device) for k, v in pad_batch(rows, processor.tokenizer.pad_token_id).items()}
+    return model, processor, batch
+
+
+def step_fn(model, batch, opt, ctx):
+    """One optimizer step of the fast path (answer-only loss on cached features); returns the loss tensor."""
+    import torch
+
+    from trainer.train import answer_loss_sum, answer_tokens, step_context
+
+    n = answer_tokens(batch)
+    with step_context(model, True, False), ctx():
+        loss = answer_loss_sum(model, batch)
+    (loss / n).backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach() / n
+
+
+# ------------------------------------------------------------------------------------------- variants
+def lora_modules(model):
+    return [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+
+
+def apply_variant(name: str, model, state: dict):
+    """Patch the model for `name` (cumulative); returns the autocast-like context factory to run forwards in."""
+    import contextlib
+
+    import torch
+
+    if name == "fused":  # trainer.fused, as the trainer's step runs it
+        from trainer.fused import fused_training
+
+        state["ctx"] = lambda: fused_training(model)
+    elif name == "nodropout":
+        for m in lora_modules(model):
+            for key in list(m.lora_dropout):
+                m.lora_dropout[key] = torch.nn.Identity()
+    elif name == "compile":
+        for layer in decoder_layers(model):
+            layer.compile()
+    elif name != "peft":
+        raise SystemExit(f"unknown variant {name}")
+    return state.get("ctx", contextlib.nullcontext)
+
+
+def decoder_layers(model):
+    for m in model.modules():
+        if hasattr(m, "layers") and hasattr(m, "embed_tokens"):
+            return list(m.layers)
+    raise TypeError("no decoder layers found")
+
+
+def time_variant(model, batch, opt, ctx, steps: int, warmup: int) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    first = float(step_fn(model, batch, opt, ctx))
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    first_s = time.perf_counter() - t
+    for _ in range(warmup):  # B starts at zero: only losses after an update tell the variants apart
+        last = float(step_fn(model, batch, opt, ctx))
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    sync()
+    if model.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step_fn(model, batch, opt, ctx)
+        sync()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if model.device.type == "cuda" else None
+    return {"first_loss": first, "check_loss": last, "first_step_s": first_s, "step_s": times[len(times) // 2],
+            "step_s_min": times[0], "peak_gib": peak}
+
+
+def profile_variant(model, batch, opt, ctx, out: Path, name: str) -> dict:
+    """Kernel table of two steps; CUDA time split into GEMM / attention / everything else."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(2):
+            step_fn(model, batch, opt, ctx)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+    sort = "self_cuda_time_total" if model.device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90)
+    (out / f"profile_{name}.txt").write_text(table)
+    split = {"gemm": 0.0, "attention": 0.0, "other": 0.0, "kernels": 0}
+    for e in prof.events():
+        if e.device_type.name != "CUDA":
+            continue
+        n = e.name.lower()
+        kind = ("attention" if any(s in n for s in ("fmha", "flash", "attention", "attn")) else
+                "gemm" if any(s in n for s in ("gemm", "nvjet", "xmma", "cutlass", "sm90", "splitk")) else "other")
+        split[kind] += e.device_time / 1e3 / 2  # ms per step
+        split["kernels"] += 0.5
+    return split
+
+
+def text_flops(model, batch) -> float:
+    """Useful FLOPs of one step's text part, bench/gpu_models.py convention (no vision: features are cached)."""
+    from gpu_models import flop_model, flops_per_sample
+
+    fm = flop_model(model, 0)
+    mask = batch["attention_mask"]
+    answer = float((batch["labels"][:, 1:] != -100).sum()) / mask.shape[0]
+    return sum(flops_per_sample(fm, float(n), answer) for n in mask.sum(1).tolist())
+
+
+def run_steps(args) -> list[dict]:
+    import torch
+
+    model, processor, batch = build(args)
+    params = [p for p in model.parameters() if p.requires_grad]
+    init = [p.detach().clone() for p in params]  # every variant starts from the same adapter and optimizer
+    flops, out, state, rows = text_flops(model, batch), Path(args.out), {}, []
+    out.mkdir(parents=True, exist_ok=True)
+    peak = float(os.environ.get("BENCH_PEAK_TFLOPS", 798)) * 1e12
+    base_loss = None
+    for name in args.variants.split(","):
+        ctx = apply_variant(name, model, state)
+        with torch.no_grad():
+            for p, p0 in zip(params, init, strict=True):
+                p.copy_(p0)
+        opt = torch.optim.AdamW(params, lr=1e-3, fused=args.device == "cuda" or None)
+        row = {"variant": name, **time_variant(model, batch, opt, ctx, args.steps, args.warmup)}
+        base_loss = row["check_loss"] if base_loss is None else base_loss
+        row["loss_rel_diff"] = abs(row["check_loss"] - base_loss) / abs(base_loss)
+        row["samples_per_s"] = args.batch / row["step_s"]
+        row["text_mfu"] = flops / row["step_s"] / peak
+        if name in args.profile.split(","):
+            row["profile_ms"] = profile_variant(model, batch, opt, ctx, out, name)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    tokens = int(batch["attention_mask"].sum())
+    (out / "steps.json").write_text(json.dumps({"args": vars(args), "tokens": tokens, "rows": rows}, indent=1))
+    print(f"\n{args.model} micro-batch {args.batch}, {tokens} tokens, {flops / 1e12:.1f} TFLOP per step")
+    print(f"{'variant':10} {'step ms':>8} {'1st s':>7} {'samples/s':>9} {'MFU':>6} {'peak GiB':>8} {'loss diff':>9}")
+    for r in rows:
+        print(f"{r['variant']:10} {r['step_s'] * 1e3:8.1f} {r['first_step_s']:7.2f} {r['samples_per_s']:9.2f} "
+              f"{r['text_mfu'] * 100:5.1f}% {r['peak_gib'] or 0:8.2f} {r['loss_rel_diff']:9.1e}  {r.get('profile_ms', '')}")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- start-up
+def run_startup(args) -> None:
+    """Save a checkpoint once, then time a fresh process's imports, load and first step."""
+    import subprocess
+
+    ckpt = Path(args.work) / f"ckpt-{args.model}"
+    if not (ckpt / "config.json").is_file():
+        import torch
+
+        from gpu_models import SPECS, build_model, build_processor
+
+        processor = build_processor("gemma3", Path(args.work))
+        model = build_model(SPECS[args.model], processor)
+        model.save_pretrained(ckpt)
+        processor.save_pretrained(ckpt)
+        del model
+        torch.cuda.empty_cache()
+    code = STARTUP_CHILD.replace("CKPT", str(ckpt)).replace("OUTDIR", args.out)
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+STARTUP_CHILD = r'''
+import time; t0 = time.time()
+import cProfile, pstats, io, json, glob
+import torch; t_torch = time.time()
+import transformers, peft; t_hf = time.time()
+from transformers import AutoModelForImageTextToText
+t_cls = time.time()
+prof = cProfile.Profile(); prof.enable()
+model = AutoModelForImageTextToText.from_pretrained("CKPT", dtype=torch.bfloat16, attn_implementation="sdpa",
+                                                   device_map={"": 0}, low_cpu_mem_usage=True)
+torch.cuda.synchronize(); prof.disable(); t_load = time.time()
+s = io.StringIO(); pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(35)
+open("OUTDIR/startup_load_profile.txt", "w").write(s.getvalue())
+del model; torch.cuda.empty_cache()
+from safetensors.torch import load_file
+t = time.time(); n = 0
+for f in sorted(glob.glob("CKPT/*.safetensors")):
+    n += sum(v.numel() * v.element_size() for v in load_file(f, device="cuda").values())
+torch.cuda.synchronize(); t_raw = time.time() - t
+print(json.dumps({"import_torch_s": t_torch - t0, "import_hf_peft_s": t_hf - t_torch, "import_cls_s": t_cls - t_hf,
+                  "from_pretrained_s": t_load - t_cls, "raw_safetensors_cuda_s": t_raw, "gb": n / 1e9}))
+print(s.getvalue()[:6000])
+'''
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
+    p.add_argument("--work", default="/tmp/gpu-bench")
+    p.add_argument("--model", default="gemma-3-4b")
+    p.add_argument("--prompt", default="list")
+    p.add_argument("--batch", type=int, default=16, help="samples per forward/backward")
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--variants", default="peft,fused,nodropout")
+    p.add_argument("--profile", default="", help="comma list of variants to profile")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--startup", action="store_true")
+    args = p.parse_args()
+    if args.startup:
+        run_startup(args)
+    else:
+        run_steps(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The fused forwards compute what peft's and transformers' modules compute, on both families.
+
+trainer.fused swaps in, for the duration of a training step, a LoRA forward in the activations' dtype with the
+adapter's add inside one addmm, and Gemma's RMSNorm through torch's fused kernel. Each is
+held against the module it replaces, then whole models are compared: loss and every adapter gradient.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from trainer.collate import build_chat_format, encode_train_sample, pad_batch
+from trainer.config import TrainConfig
+from trainer.data import load_splits
+from trainer.fused import fusable, fused_training, gemma_rms_norm
+from trainer.model import apply_lora
+from trainer.train import plain_loss_sum
+
+FAMILIES = ["tiny_gemma3", "tiny_gemma4"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemma3_rms_norm_matches_transformers(dtype):
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    norm = Gemma3RMSNorm(64, eps=1e-6)
+    torch.nn.init.normal_(norm.weight, std=0.3)
+    x = torch.randn(3, 5, 64).to(dtype) * 4
+    # one fused kernel vs five: the same fp32 math up to summation order, then one rounding to the input dtype
+    torch.testing.assert_close(gemma_rms_norm(x, norm.weight, norm.eps, 1.0), norm(x),
+                               rtol=1e-6 if dtype == torch.float32 else 8e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_scale", [True, False])
+def test_gemma4_rms_norm_matches_transformers(with_scale):
+    from transformers.models.gemma4.modeling_gemma4 import Gemma4RMSNorm
+
+    norm = Gemma4RMSNorm(64, eps=1e-6, with_scale=with_scale)
+    if with_scale:
+        torch.nn.init.normal_(norm.weight, mean=1.0, std=0.3)
+    x = torch.randn(3, 5, 64, dtype=torch.bfloat16) * 4
+    fused = gemma_rms_norm(x, norm.weight if with_scale else None, norm.eps, 0.0)
+    # Gemma 4 writes rsqrt as pow(m, -0.5): the same value up to one bf16 rounding step
+    torch.testing.assert_close(fused, norm(x), rtol=8e-3, atol=1e-6)
+
+
+def _lora_model(request, name, dropout: float, dtype=torch.float32):
+    model, processor = request.getfixturevalue(name)
+    model = apply_lora(copy.deepcopy(model).to(dtype), TrainConfig(lora_dropout=dropout))
+    with torch.no_grad():  # B starts at zero; a trained adapter exercises the whole LoRA path
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    examples = load_splits("builtin:synthetic-pets").train[:3]
+    fmt = build_chat_format(processor, "list")
+    batch = pad_batch([encode_train_sample(processor, fmt, ex.open(), ex.label) for ex in examples],
+                      processor.tokenizer.pad_token_id)
+    batch["pixel_values"] = batch["pixel_values"].to(dtype)
+    return model.train(), batch
+
+
+def _loss_and_grads(model, batch, fused: bool):
+    torch.manual_seed(7)  # the same dropout masks on both paths
+    model.zero_grad(set_to_none=True)
+    with fused_training(model, fused):
+        loss = plain_loss_sum(model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), grads
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fused_step_gives_peft_loss_and_gradients(request, name):
+    model, batch = _lora_model(request, name, dropout=0.1)
+    assert {type(m).__name__ for m, _ in fusable(model)} >= {"Linear", "Gemma3RMSNorm" if "3" in name
+                                                             else "Gemma4RMSNorm"}
+    loss, grads = _loss_and_grads(model, batch, fused=False)
+    fused_loss, fused_grads = _loss_and_grads(model, batch, fused=True)
+    assert fused_loss == pytest.approx(loss, rel=1e-5)
+    assert grads.keys() == fused_grads.keys() and len(grads) > 0
+    for n, g in grads.items():  # summation order differs (addmm): compare norms, not single elements
+        assert (fused_grads[n] - g).norm() <= 1e-5 * g.norm() + 1e-12, n
+
+
+def test_in_bf16_the_adapter_keeps_fp32_master_weights_and_matches_within_bf16_rounding(request):
+    model, batch = _lora_model(request, "tiny_gemma3", dropout=0.0, dtype=torch.bfloat16)
+    for m in model.modules():  # peft keeps the adapters in fp32 on a bf16 base (autocast_adapter_dtype)
+        if hasattr(m, "lora_A") and hasattr(m, "base_layer"):
+            m.lora_A.float(), m.lora_B.float()
+    loss, grads = _loss_and_grads(model, batch, fused=False)
+    fused_loss, fused_grads = _loss_and_grads(model, batch, fused=True)
+    assert fused_loss == pytest.approx(loss, rel=2e-2)
+    assert all(g.dtype == torch.float32 for g in fused_grads.values())
+    cos = [torch.nn.functional.cosine_similarity(fused_grads[n].flatten(), g.flatten(), dim=0) for n, g in grads.items()
+           if g.abs().sum() > 0]
+    assert min(cos) > 0.98
+
+
+def test_the_patches_are_gone_after_the_block_and_adapters_can_be_switched_off_inside(request):
+    model, batch = _lora_model(request, "tiny_gemma3", dropout=0.0)
+    patched = [m for m, _ in fusable(model)]
+    with torch.no_grad():
+        with model.disable_adapter():
+            off = plain_loss_sum(model, batch).item()
+        with fused_training(model), model.disable_adapter():
+            off_fused = plain_loss_sum(model, batch).item()
+    assert off_fused == pytest.approx(off, rel=1e-5)
+    assert not any("forward" in vars(m) for m in patched)
