@@ -104,7 +104,8 @@ def save_checkpoint_dir(name: str, work: Path) -> Path:
 def run_matrix(args) -> list[dict]:
     """Each configuration in a fresh process (clean start-up time and memory), within the time budget."""
     work = Path(args.work)
-    make_dataset(work / "pets", args.train_size, args.eval_size)
+    sizes = [int(e.split(":")[2]) for e in args.matrix.split(",") if len(e.split(":")) > 2]
+    make_dataset(work / "pets", max([args.train_size, *sizes]), args.eval_size)  # the largest entry's train set
     deadline = time.time() + args.budget_s
     results = []
     for item in args.matrix.split(","):

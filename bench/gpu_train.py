@@ -181,10 +181,12 @@ def _generate_full_length() -> None:
 def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mode: str) -> dict:
     """Turn the event log and timing marks into the benchmark's figures."""
     steps = [e for e in events if e["event"] == "step"]
-    samples = cfg.train_size * cfg.num_epochs if cfg.max_steps is None else None
+    start = next(e for e in events if e["event"] == "start")
+    samples = start["train_size"] * cfg.num_epochs if cfg.max_steps is None else None  # the images actually found
     train_s = marks["train_end"] - marks["train_start"]
     samples = samples or steps[-1]["step"] * cfg.batch_size * cfg.gradient_accumulation_steps
-    baseline_eval_s = sum(e["seconds"] for e in marks.get("evals", []) if e["phase"] == "baseline")
+    # the whole baseline phase: both eval modes and the eval images' decode + encode that only the eval needs
+    baseline_eval_s = sum(p["seconds"] for p in marks.get("phases", []) if p["phase"] == "baseline")
     shapes = sequence_shapes(cfg, marks)
     result = {
         "model": name, "mode": mode, "train_samples": samples, "train_s": train_s,
@@ -193,6 +195,8 @@ def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mo
         "tokens_per_sample": shapes["tokens"], "train_tokens_per_s": samples * shapes["tokens"] / train_s,
         "first_step_s": steps[0]["t"] - t_proc - baseline_eval_s,
         "first_step_incl_baseline_s": steps[0]["t"] - t_proc,
+        "first_step_minus_eval_calls_s": steps[0]["t"] - t_proc - sum(  # the 2026-11-22 convention (first calls)
+            e["seconds"] for e in marks.get("evals", []) if e["phase"] == "baseline"),
         "model_build_s": marks.get("model_build_s"),
         "peak_train_gib": marks.get("train_peak_gib"), "peak_gib": _peak(),
         "eval": {f"{e['phase']}_{e['mode']}": {"images_per_s": e["n"] / e["seconds"], "n": e["n"]}
