@@ -29,8 +29,8 @@ sys.path[:0] = [os.environ.get("BENCH_TRAINER_ROOT", str(ROOT)), str(ROOT), str(
 def build(args):
     """(peft model, processor, batch dict on device, answer-token count)."""
     import torch
-
     from gpu_matrix import _write_jpeg
+
     from trainer.collate import answer_ids, append_answer, build_chat_format, encode_prompt, pad_batch
     from trainer.config import TrainConfig
     from trainer.features import FeatureCache
@@ -98,6 +98,22 @@ def apply_variant(name: str, model, state: dict):
         from trainer.fused import fused_training
 
         state["ctx"] = lambda: fused_training(model)
+    elif name == "amp":  # peft's layers with bf16 adapter compute: autocast, no fp32 input cast
+        for m in lora_modules(model):
+            m.cast_input_dtype_enabled = False
+        state["ctx"] = lambda: torch.autocast(model.device.type, dtype=torch.bfloat16)
+    elif name == "addmm":  # trainer.fused's LoRA forward alone (replaces amp)
+        from trainer.fused import lora_forward
+
+        state.pop("ctx", None)
+        for m in lora_modules(model):
+            m.forward = lora_forward(m)
+    elif name == "norm":  # + trainer.fused's RMSNorm
+        from trainer.fused import norm_forward
+
+        for m in model.modules():
+            if type(m).__name__ == "Gemma3RMSNorm":
+                m.forward = norm_forward(m, 1.0)
     elif name == "nodropout":
         for m in lora_modules(model):
             for key in list(m.lora_dropout):
@@ -223,7 +239,6 @@ def run_startup(args) -> None:
     ckpt = Path(args.work) / f"ckpt-{args.model}"
     if not (ckpt / "config.json").is_file():
         import torch
-
         from gpu_models import SPECS, build_model, build_processor
 
         processor = build_processor("gemma3", Path(args.work))

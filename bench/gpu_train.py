@@ -149,7 +149,7 @@ def run_one(args) -> dict:
 
     marks: dict = {}
     _install_hooks(args, spec, work, marks)
-    _generate_full_length()
+    _generate_full_length(marks)
     model_id = f"builtin:{name}" if args.tiny else (args.model_dir or f"bench:{name}")
     cfg = TrainConfig(model_id=model_id, dataset=str(work / "pets"), output_dir=str(work / f"run-{name}-{mode}"),
                       train_size=args.train_size, eval_size=args.eval_size, num_epochs=args.epochs,
@@ -161,7 +161,7 @@ def run_one(args) -> dict:
     return summarise(cfg, sink.events, marks, t_proc, name, mode)
 
 
-def _generate_full_length() -> None:
+def _generate_full_length(marks: dict) -> None:
     """Generation eval always produces --max-new-tokens tokens (min_new_tokens = max_new_tokens).
 
     Random weights emit an end-of-turn after a token or two, which would time almost nothing; the reference's
@@ -176,6 +176,14 @@ def _generate_full_length() -> None:
             super().__init__(**kwargs)
 
     transformers.GenerationConfig = FullLength
+    real = transformers.GenerationMixin.generate
+
+    def counted(self, *args, **kwargs):  # new tokens per row, from the ids (decoded text hides special tokens)
+        out = real(self, *args, **kwargs)
+        marks.setdefault("new_tokens", []).append(out.shape[-1] - kwargs["input_ids"].shape[-1])
+        return out
+
+    transformers.GenerationMixin.generate = counted
 
 
 def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mode: str) -> dict:
@@ -205,6 +213,7 @@ def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mo
         "start_event_s": next(e["t"] for e in events if e["event"] == "start") - t_proc,
         "trainer_timings": _run_timings(cfg),
         "generated_tokens": _generated_tokens(cfg, marks),
+        "generated_ids_per_call": marks.get("new_tokens"),
         "events": _notable(events),
         "final_loss": steps[-1]["loss"],
         "config": cfg.to_dict(),
