@@ -9,8 +9,8 @@ the GPU time outside the matrix products, in memory-bound passes:
   is their ~30M numbers, not the activations. This is ordinary mixed precision, what autocast would do.
 - Gemma's RMSNorm (up-cast, square, mean, rsqrt, scale, down-cast: five kernels each way) goes through torch's
   fused rms_norm kernel.
-Measured (gemma-3-4b dims, 16 samples of 421 tokens): 684 ms -> 382 ms per step, 64 -> 53 GiB peak. Not used:
-torch.compile. Compiling the norm and GeGLU functions cost 60+ s of start-up for no gain over the fused kernel;
+Measured (H100, gemma-3-4b dims, 16 samples of 421 tokens): 684 -> 398-402 ms per step, 64 -> 53 GiB peak. Not used:
+torch.compile. Compiling the norm and GeGLU functions cost 76 s of start-up for no gain over the fused kernel;
 compiling whole decoder layers reached 279 ms but cost 27 s cold, more than it saves on the default 1000-image
 run, and its dropout diverged from eager (bench/gpu_step.py, BENCHMARKS.md).
 
