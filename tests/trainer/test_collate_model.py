@@ -146,6 +146,7 @@ def test_a_bf16_load_keeps_bitsandbytes_out_of_the_process(monkeypatch):
     from trainer.config import TrainConfig
     from trainer.model import load_model_and_processor
 
-    monkeypatch.delitem(sys.modules, "bitsandbytes", raising=False)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", object())  # so that the test's end restores what was there
+    monkeypatch.delitem(sys.modules, "bitsandbytes")
     load_model_and_processor(TrainConfig(model_id="builtin:tiny-gemma3"), token=None)
     assert sys.modules["bitsandbytes"] is None and importlib.util.find_spec("bitsandbytes") is None
