@@ -164,21 +164,17 @@ def run_one(args) -> dict:
 def _generate_full_length(marks: dict) -> None:
     """Generation eval always produces --max-new-tokens tokens (min_new_tokens = max_new_tokens).
 
-    Random weights emit an end-of-turn after a token or two, which would time almost nothing; the reference's
-    figures are for 32 generated tokens per image, so the benchmark pins the length (the trainer does not).
+    A trained model answers in a few tokens and random weights may run to the cap; the reference's figures are for
+    32 generated tokens per image, so the benchmark pins the length (the trainer does not). The pin is a keyword of
+    `generate` itself: transformers 5 rebuilds the config it is given, so a GenerationConfig subclass (the first
+    version of this hook) was silently dropped, and trained models stopped after 2-7 ids.
     """
     import transformers
 
-    class FullLength(transformers.GenerationConfig):
-        def __init__(self, **kwargs):
-            if "max_new_tokens" in kwargs:
-                kwargs["min_new_tokens"] = kwargs["max_new_tokens"]
-            super().__init__(**kwargs)
-
-    transformers.GenerationConfig = FullLength
     real = transformers.GenerationMixin.generate
 
     def counted(self, *args, **kwargs):  # new tokens per row, from the ids (decoded text hides special tokens)
+        kwargs["min_new_tokens"] = kwargs["generation_config"].max_new_tokens
         out = real(self, *args, **kwargs)
         marks.setdefault("new_tokens", []).append(out.shape[-1] - kwargs["input_ids"].shape[-1])
         return out

@@ -1,0 +1,42 @@
+"""The GPU benchmark's generation hook: every generate call yields exactly --max-new-tokens ids, stop tokens or not.
+
+The reference's eval figures are for 32 generated tokens per image; a trained model answers in a few and stops, so
+the benchmark pins the length. Its first version pinned it through a GenerationConfig subclass that transformers 5
+silently dropped, and the final-eval generation figures measured 2-7 tokens per image without anyone noticing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import transformers
+
+from trainer.collate import build_chat_format
+from trainer.data import load_splits
+from trainer.evaluate import _encode, predict_generate
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def test_generation_runs_to_max_new_tokens_even_when_the_model_emits_a_stop_token(tiny_gemma3, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setattr(transformers.GenerationMixin, "generate", transformers.GenerationMixin.generate)
+    import gpu_train
+
+    model, processor = tiny_gemma3
+    model.eval()
+    fmt = build_chat_format(processor, "short")
+    examples = load_splits("builtin:synthetic-pets").test[:2]
+    batch = _encode(processor, fmt, examples, "cpu")
+    first = model.generate(**batch, max_new_tokens=1, do_sample=False)[0, -1].item()
+    stops_at_once = dataclasses.replace(fmt, end_of_turn_id=first)  # the model's first token now ends its turn
+    assert predict_generate(model, processor, stops_at_once, examples, 2, 12, "cpu", lambda d, t: None) == ["", ""]
+
+    marks: dict = {}
+    gpu_train._generate_full_length(marks)
+    texts = predict_generate(model, processor, stops_at_once, examples, 2, 12, "cpu", lambda d, t: None)
+    assert marks["new_tokens"] == [12]
+    assert all(t for t in texts)
+    sys.modules.pop("gpu_train", None)
