@@ -7,6 +7,8 @@ variant's first-step loss is compared with the plain peft one (bf16 tolerance), 
 text-model MFU and peak memory are printed. `--profile` adds a torch.profiler kernel table per variant.
 
     python bench/gpu_step.py --out $OUT --variants peft,fused,nodropout --profile peft,fused
+    python bench/gpu_step.py --out $OUT --variants fused,fused_compile --save-cache /tmp/cc.bin   # cold compile
+    python bench/gpu_step.py --out $OUT --variants fused,fused_compile --load-cache /tmp/cc.bin   # warm start
     python bench/gpu_step.py --tiny --device cpu --variants peft,fused,nodropout  # CPU check of the script
 
 `--startup` instead times what precedes the first step: imports, the checkpoint load (cProfile top entries),
@@ -42,7 +44,7 @@ def build(args):
         from trainer.builtin import build_model_and_processor
 
         model, processor = build_model_and_processor("builtin:tiny-gemma3", seed=0)
-        model = model.to(device)
+        model = model.to(device, getattr(torch, args.tiny_dtype))
     else:
         from gpu_models import SPECS, build_model, build_processor
 
@@ -98,6 +100,10 @@ def apply_variant(name: str, model, state: dict):
         from trainer.fused import fused_training
 
         state["ctx"] = lambda: fused_training(model)
+    elif name == "fused_compile":  # + trainer.fused's compiled decoder layers, as the trainer's --compile on
+        from trainer.fused import fused_training
+
+        state["ctx"] = lambda: fused_training(model, compiled=True)
     elif name == "amp":  # peft's layers with bf16 adapter compute: autocast, no fp32 input cast
         for m in lora_modules(model):
             m.cast_input_dtype_enabled = False
@@ -118,7 +124,11 @@ def apply_variant(name: str, model, state: dict):
         for m in lora_modules(model):
             for key in list(m.lora_dropout):
                 m.lora_dropout[key] = torch.nn.Identity()
-    elif name == "compile":
+    elif name in ("compile", "compile_fr"):  # regional: each decoder layer; _fr = eager's RNG for dropout
+        import torch._inductor.config as inductor_config
+
+        torch._dynamo.reset()
+        inductor_config.fallback_random = name == "compile_fr"
         for layer in decoder_layers(model):
             layer.compile()
     elif name != "peft":
@@ -199,6 +209,10 @@ def text_flops(model, batch) -> float:
 def run_steps(args) -> list[dict]:
     import torch
 
+    if args.load_cache and Path(args.load_cache).is_file():
+        t = time.perf_counter()
+        torch.compiler.load_cache_artifacts(Path(args.load_cache).read_bytes())
+        print(f"loaded compile cache {args.load_cache} in {time.perf_counter() - t:.2f} s", flush=True)
     model, processor, batch = build(args)
     params = [p for p in model.parameters() if p.requires_grad]
     init = [p.detach().clone() for p in params]  # every variant starts from the same adapter and optimizer
@@ -221,6 +235,11 @@ def run_steps(args) -> list[dict]:
             row["profile_ms"] = profile_variant(model, batch, opt, ctx, out, name)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if args.save_cache:
+        saved = torch.compiler.save_cache_artifacts()
+        if saved:
+            Path(args.save_cache).write_bytes(saved[0])
+            print(f"saved compile cache: {len(saved[0]) / 1e6:.1f} MB", flush=True)
     tokens = int(batch["attention_mask"].sum())
     (out / "steps.json").write_text(json.dumps({"args": vars(args), "tokens": tokens, "rows": rows}, indent=1))
     print(f"\n{args.model} micro-batch {args.batch}, {tokens} tokens, {flops / 1e12:.1f} TFLOP per step")
@@ -289,6 +308,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--tiny-dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--save-cache", help="write torch.compile's cache artifacts (mega-cache) here at the end")
+    p.add_argument("--load-cache", help="load torch.compile cache artifacts from here first (a warm start)")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--startup", action="store_true")
     args = p.parse_args()

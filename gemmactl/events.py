@@ -150,8 +150,9 @@ def describe(event: dict[str, Any]) -> str:
                 f"{ci(event.get('accuracy_ci95'))}, macro-F1 {_num(event.get('macro_f1'))}, n={event.get('n', '?')}, "
                 f"unknown {pct(event.get('unknown_rate'))}")
     if kind == "memory_plan":
+        compiled = f", torch.compile {'on' if event['compile'] else 'off'}" if "compile" in event else ""
         return (f"memory plan: micro-batch {event.get('micro_batch', '?')} × {event.get('accumulation', '?')}, "
-                f"checkpointing {'on' if event.get('checkpointing') else 'off'} ({event.get('why', '-')})")
+                f"checkpointing {'on' if event.get('checkpointing') else 'off'}{compiled} ({event.get('why', '-')})")
     if kind == "checkpoint":
         return f"checkpoint at step {event.get('step')}: {event.get('path', '?')}"
     if kind == "done":

@@ -26,6 +26,7 @@ QUANTIZATIONS = ("none", "4bit")
 LORA_TARGETS = ("language", "all-linear")
 EVAL_MODES = ("generate", "constrained", "both")
 CHECKPOINTING = ("auto", "on", "off")
+COMPILE = ("auto", "on", "off")
 PROMPTS = ("list", "short")
 
 
@@ -70,6 +71,7 @@ class TrainConfig:
     micro_batch: int | None = None  # samples per forward/backward; None = planned from measured GPU memory
     fast_path: bool = True  # cached image features, answer-only logits, planned micro-batches (same results);
     # off = the plain reference path (full forward every step), kept for comparison
+    compile: str = "auto"  # torch.compile the decoder layers (fast path, bf16): auto = when the run repays it
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -185,6 +187,7 @@ class TrainConfig:
             ("lora_target", LORA_TARGETS),
             ("eval_mode", EVAL_MODES),
             ("gradient_checkpointing", CHECKPOINTING),
+            ("compile", COMPILE),
             ("prompt", PROMPTS),
         ):
             if getattr(self, name) not in choices:

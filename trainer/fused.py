@@ -15,7 +15,15 @@ compiling whole decoder layers reached 279 ms but cost 27 s cold, more than it s
 run, and its dropout diverged from eager (bench/gpu_step.py, BENCHMARKS.md).
 
 `fused_training(model)` patches module instances for the duration of a block and restores them afterwards, so
-evaluation, merging and saving see peft's and transformers' own code.
+evaluation, merging and saving see peft's and transformers' own code. The patched forwards are made once per module
+and reused: torch.compile guards on their identity (new closures every step recompiled every step).
+
+`fused_training(model, compiled=True)` also runs each decoder layer through `torch.compile` (regional: one graph
+per layer kind, shared by all layers of that kind), with dynamic shapes (micro-batches vary in length and size) and
+inductor's `fallback_random` so dropout draws eager's masks: the compiled step computes what the eager one does, to
+rounding (tests/trainer/test_fused.py). Compiled code is used only inside the block, so eval and generation never
+trigger compiles. trainer.compiling decides when to compile and keeps the compiled
+artifacts across processes.
 """
 
 from __future__ import annotations
@@ -86,14 +94,45 @@ def _is_plain_lora(module) -> bool:
             and not module.merged)
 
 
+def _once(module, key: str, make: Callable) -> Callable:
+    """The same function object every time for `module`: compiled graphs guard on a patched forward's identity."""
+    fn = module.__dict__.get(key)
+    if fn is None:
+        fn = module.__dict__[key] = make()
+    return fn
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The language model's decoder layers (the module with both `layers` and `embed_tokens`)."""
+    for module in model.modules():
+        if hasattr(module, "layers") and hasattr(module, "embed_tokens"):
+            return list(module.layers)
+    return []
+
+
+def compiled_layers(model) -> list[tuple[torch.nn.Module, Callable]]:
+    """(decoder layer, its compiled call) pairs; compiled lazily on first use, then reused."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True  # dropout from eager's RNG: the same masks as the eager step
+    return [(layer, _once(layer, "_gemmactl_compiled", lambda layer=layer: torch.compile(layer._call_impl,
+                                                                                           dynamic=True)))
+            for layer in decoder_layers(model)]
+
+
 @contextmanager
-def fused_training(model, enabled: bool = True):
-    """Inside: LoRA layers and Gemma RMSNorms of `model` run their fused forwards."""
-    patched = list(fusable(model)) if enabled else []
+def fused_training(model, enabled: bool = True, compiled: bool = False):
+    """Inside: LoRA layers and Gemma RMSNorms of `model` run their fused forwards (and compiled decoder layers)."""
+    patched = [(m, _once(m, "_gemmactl_fused", lambda m=m, f=f: f)) for m, f in fusable(model)] if enabled else []
+    layers = compiled_layers(model) if compiled else []
     for module, forward in patched:
         module.forward = forward  # an instance attribute shadows the class's forward
+    for layer, call in layers:
+        layer._compiled_call_impl = call  # what nn.Module.compile() sets: __call__ runs it instead of _call_impl
     try:
         yield
     finally:
         for module, _ in patched:
             del module.forward
+        for layer, _ in layers:
+            layer._compiled_call_impl = None

@@ -155,22 +155,40 @@ def _plan(cfg: TrainConfig, model, loaded, fmt, samples, train_set, eval_set) ->
                          context=context, disable_checkpointing=model.gradient_checkpointing_disable)
     log(f"micro-batch {memory.micro_batch} x {memory.accumulation}, gradient checkpointing "
         f"{'on' if memory.checkpointing else 'off'}: {memory.why}")
-    plan = StepPlan(memory.micro_batch, answer_loss_sum, cache, fused=True)
-    return plan, {**memory.event(), "feature_cache": cache is not None, "fused": True}
+    compiled, compile_why, path = _compile_choice(cfg, model, loaded.device, memory.checkpointing, len(train_set))
+    log(f"torch.compile {'on' if compiled else 'off'}: {compile_why}")
+    plan = StepPlan(memory.micro_batch, answer_loss_sum, cache, fused=True, compile_cache=path if compiled else None)
+    return plan, {**memory.event(), "feature_cache": cache is not None, "fused": True, "compile": compiled,
+                  "compile_why": compile_why}
+
+
+def _compile_choice(cfg: TrainConfig, model, device, checkpointing: bool, n_train: int):
+    """(compile?, why, cache file) for the fast path; a chosen compile starts from the cache file if there."""
+    from trainer.compiling import cache_path, choose_compile, load_cache
+
+    path = cache_path(cfg, model, device)
+    _, total = plan_steps(n_train, cfg)
+    compiled, why = choose_compile(cfg, device, checkpointing, total,
+                                   cfg.batch_size * cfg.gradient_accumulation_steps, path)
+    if compiled and load_cache(path):
+        why += "; compiled artifacts loaded from the cache"
+    return compiled, why, path
 
 
 def _evaluate_modes(model, loaded, fmt, eval_set, cfg: TrainConfig, phase: str, sink: EventSink,
                     plan: StepPlan) -> dict:
     """{"reports": {mode: REPORT}, "rows": [prediction rows]} for every configured eval mode."""
     reports, rows = {}, []
-    batch_size, why = eval_batch_size(cfg, model, loaded.device)
-    if batch_size != cfg.eval_batch_size:
-        log(f"eval batch {batch_size}: {why}")
-    prompts = plan.cache.prompts(eval_set, batch_size, cfg.num_workers) if plan.cache is not None else None
+    sizes = {mode: eval_batch_size(cfg, model, loaded.device, mode, len(eval_set)) for mode in cfg.eval_modes}
+    for mode, (size, why) in sizes.items():
+        if size != cfg.eval_batch_size:
+            log(f"{mode} eval batch {size}: {why}")
+    encode = min(size for size, _ in sizes.values())
+    prompts = plan.cache.prompts(eval_set, encode, cfg.num_workers) if plan.cache is not None else None
     with _merged_for_eval(model, cfg, loaded.device, phase):
         for mode in cfg.eval_modes:
-            report, mode_rows = _evaluate_mode(model, loaded, fmt, eval_set, cfg, phase, mode, batch_size, prompts,
-                                               sink)
+            report, mode_rows = _evaluate_mode(model, loaded, fmt, eval_set, cfg, phase, mode, sizes[mode][0],
+                                               prompts, sink)
             reports[mode] = report
             rows += [{"phase": phase, **row} for row in mode_rows]
     return {"reports": reports, "rows": rows}

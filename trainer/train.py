@@ -162,7 +162,8 @@ class StepPlan:
     micro_batch: int
     loss: Callable = plain_loss_sum
     cache: object | None = None  # trainer.features.FeatureCache when the vision tower is frozen
-    fused: bool = False  # trainer.fused: LoRA, RMSNorm and GeGLU in fewer kernels (the same function)
+    fused: bool = False  # trainer.fused: LoRA and RMSNorm in fewer kernels (the same function)
+    compile_cache: Path | None = None  # set: decoder layers torch.compiled, artifacts kept in this file
 
 
 def step_index_lists(n: int, cfg: TrainConfig, first_step: int, total: int) -> list[list[int]]:
@@ -203,7 +204,7 @@ def run_step(model, micro_batches: list[dict], plan: StepPlan, device) -> float:
     """
     n_tokens = sum(answer_tokens(b) for b in micro_batches)
     total = torch.zeros((), device=device)
-    with step_context(model, plan.cache is not None, plan.fused):
+    with step_context(model, plan.cache is not None, plan.fused, plan.compile_cache is not None):
         for batch in micro_batches:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             loss = plan.loss(model, batch)
@@ -213,13 +214,14 @@ def run_step(model, micro_batches: list[dict], plan: StepPlan, device) -> float:
 
 
 @contextlib.contextmanager
-def step_context(model, cached: bool, fused: bool):
-    """Inside: pixel_values are cached image features (trainer.features) and the fused forwards run
-    (trainer.fused); both are no-ops for the plain path."""
+def step_context(model, cached: bool, fused: bool, compiled: bool = False):
+    """Inside: pixel_values are cached image features (trainer.features) and the fused (and compiled) forwards
+    run (trainer.fused); all are no-ops for the plain path."""
     from trainer.features import image_features_passthrough
     from trainer.fused import fused_training
 
-    with (image_features_passthrough(model) if cached else contextlib.nullcontext()), fused_training(model, fused):
+    with (image_features_passthrough(model) if cached else contextlib.nullcontext()), \
+            fused_training(model, fused, compiled):
         yield
 
 
@@ -244,6 +246,8 @@ def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, s
             raise FloatingPointError(f"loss is {loss} at step {state.step}; lower --learning-rate "
                                      f"(now {cfg.learning_rate}) or check the data")
         state.losses.append({"step": state.step, "loss": loss})
+        if plan.compile_cache is not None and state.step == first_step + 1:
+            _save_compiled(plan.compile_cache)  # now, not at the end: a killed task's retry starts warm
         per_step = (time.perf_counter() - started) / (state.step - first_step)
         sink.emit("step", step=state.step, total_steps=total, epoch=round(state.step / steps_per_epoch, 4),
                   loss=loss, lr=sched.get_last_lr()[0], samples_per_s=len(indices) / (time.perf_counter() - t0),
@@ -253,6 +257,15 @@ def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, s
             path = save_checkpoint(checkpoints_root(cfg.output_dir), state.step, write, keep=cfg.keep_checkpoints)
             sink.emit("checkpoint", step=state.step, path=str(path))
     return state
+
+
+def _save_compiled(path: Path) -> None:
+    from trainer.compiling import save_cache
+    from trainer.events import log
+
+    t = time.perf_counter()
+    size = save_cache(path)
+    log(f"compile cache: {size / 1e6:.1f} MB written to {path} in {time.perf_counter() - t:.1f} s")
 
 
 def gpu_memory_gib() -> float | None:
