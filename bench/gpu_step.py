@@ -100,9 +100,14 @@ def apply_variant(name: str, model, state: dict):
         from trainer.fused import fused_training
 
         state["ctx"] = lambda: fused_training(model)
-    elif name == "fused_compile":  # + trainer.fused's compiled decoder layers, as the trainer's --compile on
-        from trainer.fused import fused_training
+    elif name in ("fused_compile", "fused_compile_static"):  # trainer.fused's compiled layers (--compile on)
+        import trainer.fused
+        from trainer.fused import decoder_layers, fused_training
 
+        torch._dynamo.reset()
+        for layer in decoder_layers(model):
+            layer.__dict__.pop("_gemmactl_compiled", None)
+        trainer.fused.DYNAMIC = name == "fused_compile"  # _static: shapes fixed, the upper bound
         state["ctx"] = lambda: fused_training(model, compiled=True)
     elif name == "amp":  # peft's layers with bf16 adapter compute: autocast, no fp32 input cast
         for m in lora_modules(model):
@@ -127,6 +132,8 @@ def apply_variant(name: str, model, state: dict):
     elif name in ("compile", "compile_fr"):  # regional: each decoder layer; _fr = eager's RNG for dropout
         import torch._inductor.config as inductor_config
 
+        from trainer.fused import decoder_layers
+
         torch._dynamo.reset()
         inductor_config.fallback_random = name == "compile_fr"
         for layer in decoder_layers(model):
@@ -134,13 +141,6 @@ def apply_variant(name: str, model, state: dict):
     elif name != "peft":
         raise SystemExit(f"unknown variant {name}")
     return state.get("ctx", contextlib.nullcontext)
-
-
-def decoder_layers(model):
-    for m in model.modules():
-        if hasattr(m, "layers") and hasattr(m, "embed_tokens"):
-            return list(m.layers)
-    raise TypeError("no decoder layers found")
 
 
 def time_variant(model, batch, opt, ctx, steps: int, warmup: int) -> dict:

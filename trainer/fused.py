@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -65,12 +64,14 @@ def lora_forward(module) -> Callable:
 
 
 def norm_forward(module, offset: float) -> Callable:
-    weight = module.weight if getattr(module, "with_scale", True) else None
-    return partial(_norm, weight, module.eps, offset)
+    """Gemma's RMSNorm forward through the fused kernel. A closure, not a partial over the weight: compiled graphs
+    guard a partial by identity (one recompile per layer) but a closure by its code, shared by every layer."""
+    with_scale = getattr(module, "with_scale", True)
 
+    def forward(x):
+        return gemma_rms_norm(x, module.weight if with_scale else None, module.eps, offset)
 
-def _norm(weight, eps, offset, x):
-    return gemma_rms_norm(x, weight, eps, offset)
+    return forward
 
 
 # ------------------------------------------------------------------------------------------- patching
@@ -110,13 +111,16 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return []
 
 
+DYNAMIC = True  # micro-batches vary in length and size: one dynamic-shape graph instead of a recompile per shape
+
+
 def compiled_layers(model) -> list[tuple[torch.nn.Module, Callable]]:
     """(decoder layer, its compiled call) pairs; compiled lazily on first use, then reused."""
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True  # dropout from eager's RNG: the same masks as the eager step
     return [(layer, _once(layer, "_gemmactl_compiled", lambda layer=layer: torch.compile(layer._call_impl,
-                                                                                           dynamic=True)))
+                                                                                           dynamic=DYNAMIC)))
             for layer in decoder_layers(model)]
 
 
