@@ -101,9 +101,11 @@ def append_answer(prompt: dict[str, torch.Tensor], answer: list[int]) -> dict[st
     return sample
 
 
-def pad_batch(samples: list[dict[str, torch.Tensor]], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
-    """Stack samples: per-token tensors padded (ids=pad, mask=0, labels=-100, types=0); images concatenated."""
-    width = max(s["input_ids"].shape[1] for s in samples)
+def pad_batch(samples: list[dict[str, torch.Tensor]], pad_id: int, side: str = "right",
+              width: int | None = None) -> dict[str, torch.Tensor]:
+    """Stack samples: per-token tensors padded (ids=pad, mask=0, labels=-100, types=0) to the longest sample (or
+    `width` if longer); images concatenated."""
+    width = max([s["input_ids"].shape[1] for s in samples] + [width or 0])
     fill = {"input_ids": pad_id, "labels": IGNORE}
     batch: dict[str, torch.Tensor] = {}
     for key in samples[0]:
@@ -113,6 +115,16 @@ def pad_batch(samples: list[dict[str, torch.Tensor]], pad_id: int, side: str = "
             rows = [s[key] for s in samples]
         batch[key] = torch.cat(rows, dim=0)
     return batch
+
+
+def fixed_shape_batch(samples: list[dict[str, torch.Tensor]], pad_id: int, rows: int, width: int):
+    """A training batch of exactly `rows` x `width` tokens (or wider, if a sample is), for a compiled step.
+
+    Missing rows are copies of the first sample with every label ignored: they add nothing to the loss, so
+    nothing to any gradient, and keep one graph shape for the last, short micro-batch of an epoch.
+    """
+    filler = {**samples[0], "labels": torch.full_like(samples[0]["labels"], IGNORE)}
+    return pad_batch(samples + [filler] * (rows - len(samples)), pad_id, width=width)
 
 
 def _pad_row(row: torch.Tensor, width: int, value: int, side: str) -> torch.Tensor:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-COLD_COMPILE_S = 30.0  # measured cold compile of gemma-3-4b's layers, dynamic shapes (BENCHMARKS.md)
-STEP_SAVING = 0.30  # fraction of the eager fused step that compilation saves (same section)
-EAGER_STEP_S_PER_SAMPLE = 0.025  # eager fused step time per sample at gemma-3-4b dims
+COLD_COMPILE_S = 27.0  # cold compile of gemma-3-4b's decoder layers, static shapes, H100 (BENCHMARKS.md)
+STEP_SAVING = 0.28  # fraction of the eager fused step that compilation saves: 388 -> 277-280 ms (same section)
+EAGER_STEP_S_PER_SAMPLE = 0.024  # eager fused step per sample at gemma-3-4b dims (388 ms / 16)
 
 
 def cache_path(cfg, model, device: torch.device) -> Path:
@@ -32,15 +32,19 @@ def cache_path(cfg, model, device: torch.device) -> Path:
     return Path(cfg.output_dir).resolve().parent / ".compile-cache" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.bin"
 
 
-def choose_compile(cfg, device: torch.device, checkpointing: bool, total_steps: int, samples_per_step: int,
-                   path: Path) -> tuple[bool, str]:
-    """(compile?, why) for this run; `--compile on/off` decides alone."""
+def choose_compile(cfg, device: torch.device, checkpointing: bool, static: bool, total_steps: int,
+                   samples_per_step: int, path: Path) -> tuple[bool, str]:
+    """(compile?, why) for this run; `--compile on/off` decides alone.
+
+    `static`: every micro-batch can be padded to one shape (Gemma 3 with cached image features), so one compile
+    serves the whole run; otherwise auto does not compile.
+    """
     if cfg.compile != "auto":
         return cfg.compile == "on", f"--compile {cfg.compile}"
     if device.type != "cuda":
         return False, "CPU: compiling costs more than it saves on the tiny models run here"
-    if not cfg.fast_path or cfg.quantization != "none" or checkpointing:
-        return False, "compiled only on the bf16 fast path without gradient checkpointing"
+    if not cfg.fast_path or cfg.quantization != "none" or checkpointing or not static:
+        return False, "auto compiles only Gemma 3's bf16 fast path without gradient checkpointing"
     if path.is_file():
         return True, f"a compile cache from an earlier run is there ({path.name}): warm start"
     saving = total_steps * samples_per_step * EAGER_STEP_S_PER_SAMPLE * STEP_SAVING

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
-from trainer.collate import ChatFormat, answer_ids, append_answer, encode_prompt, pad_batch
+from trainer.collate import ChatFormat, answer_ids, append_answer, encode_prompt, fixed_shape_batch, pad_batch
 
 PIXEL_KEYS = ("pixel_values", "image_position_ids")
 
@@ -122,11 +122,13 @@ class FeatureCache:
                                            num_workers=workers, collate_fn=_as_list, generator=generator,
                                            pin_memory=self.device.type == "cuda")
 
-    def train_batches(self, examples, index_batches, num_workers: int, generator=None):
+    def train_batches(self, examples, index_batches, num_workers: int, generator=None,
+                      shape: tuple[int, int] | None = None):
         """Padded training micro-batches (prompt + answer, features as pixel_values) for each index list.
 
         The sampler below runs in the main process, so it knows which images are cached and asks the workers
         to decode only the others; those are encoded as their batch arrives (the first epoch) and cached.
+        `shape` (rows, width): every batch padded to it (trainer.collate.fixed_shape_batch), for compiled steps.
         """
         cache = self
 
@@ -146,7 +148,7 @@ class FeatureCache:
             samples = [append_answer(self.prompt(examples[i].image_id),
                                      answer_ids(self.processor.tokenizer, self.fmt, examples[i].label))
                        for i, _ in chunk]
-            yield pad_batch(samples, pad_id)
+            yield fixed_shape_batch(samples, pad_id, *shape) if shape else pad_batch(samples, pad_id)
 
     def gib(self) -> float:
         return sum(e["pixel_values"].numel() * e["pixel_values"].element_size() for e in self.entries.values()) / 2**30

@@ -19,8 +19,8 @@ evaluation, merging and saving see peft's and transformers' own code. The patche
 and reused: torch.compile guards on their identity (new closures every step recompiled every step).
 
 `fused_training(model, compiled=True)` also runs each decoder layer through `torch.compile` (regional: one graph
-per layer kind, shared by all layers of that kind), with dynamic shapes (micro-batches vary in length and size) and
-inductor's `fallback_random` so dropout draws eager's masks: the compiled step computes what the eager one does, to
+per layer kind, shared by all layers of that kind), with static shapes (the trainer pads compiled micro-batches to
+one shape) and inductor's `fallback_random` so dropout draws eager's masks: the compiled step computes what the eager one does, to
 rounding (tests/trainer/test_fused.py). Compiled code is used only inside the block, so eval and generation never
 trigger compiles. trainer.compiling decides when to compile and keeps the compiled
 artifacts across processes.
@@ -111,7 +111,8 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return []
 
 
-DYNAMIC = True  # micro-batches vary in length and size: one dynamic-shape graph instead of a recompile per shape
+DYNAMIC = False  # static shapes (the trainer pads compiled micro-batches to one shape): dynamic-shape graphs took
+# 114 s to compile cold and 63 s warm on an H100, static ones ~25 s cold (bench/gpu_step.py, BENCHMARKS.md)
 
 
 def compiled_layers(model) -> list[tuple[torch.nn.Module, Callable]]:
@@ -119,6 +120,7 @@ def compiled_layers(model) -> list[tuple[torch.nn.Module, Callable]]:
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True  # dropout from eager's RNG: the same masks as the eager step
+    torch._dynamo.config.automatic_dynamic_shapes = DYNAMIC  # a new shape: its own static graph, not a dynamic one
     return [(layer, _once(layer, "_gemmactl_compiled", lambda layer=layer: torch.compile(layer._call_impl,
                                                                                            dynamic=DYNAMIC)))
             for layer in decoder_layers(model)]

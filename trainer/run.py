@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 from trainer.checkpoint import checkpoints_root, latest_checkpoint
-from trainer.collate import TrainSamples, build_chat_format, pad_batch
+from trainer.collate import TrainSamples, answer_ids, build_chat_format, pad_batch
 from trainer.config import TrainConfig
 from trainer.data import load_splits, select
 from trainer.evaluate import evaluate
 from trainer.events import EventSink, hf_token, log
 from trainer.features import frozen_vision, new_cache
+from trainer.labels import LABELS
 from trainer.memory import eval_batch_size, plan_memory
 from trainer.model import (
     apply_lora,
@@ -155,20 +156,39 @@ def _plan(cfg: TrainConfig, model, loaded, fmt, samples, train_set, eval_set) ->
                          context=context, disable_checkpointing=model.gradient_checkpointing_disable)
     log(f"micro-batch {memory.micro_batch} x {memory.accumulation}, gradient checkpointing "
         f"{'on' if memory.checkpointing else 'off'}: {memory.why}")
-    compiled, compile_why, path = _compile_choice(cfg, model, loaded.device, memory.checkpointing, len(train_set))
+    shape = _compiled_shape(cache, loaded, fmt, train_set, memory.micro_batch)
+    static = shape is not None and model.config.model_type == "gemma3"  # Gemma 4 prompt lengths vary by image
+    compiled, compile_why, path = _compile_choice(cfg, model, loaded.device, memory.checkpointing, len(train_set),
+                                                  static)
     log(f"torch.compile {'on' if compiled else 'off'}: {compile_why}")
-    plan = StepPlan(memory.micro_batch, answer_loss_sum, cache, fused=True, compile_cache=path if compiled else None)
+    shape = shape if compiled else None
+    plan = StepPlan(memory.micro_batch, answer_loss_sum, cache, fused=True, compile_cache=path if compiled else None,
+                    shape=shape)
     return plan, {**memory.event(), "feature_cache": cache is not None, "fused": True, "compile": compiled,
                   "compile_why": compile_why}
 
 
-def _compile_choice(cfg: TrainConfig, model, device, checkpointing: bool, n_train: int):
+def _compiled_shape(cache, loaded, fmt, train_set, micro_batch: int) -> tuple[int, int] | None:
+    """(rows, tokens) of every compiled micro-batch: the planned size, and the prompt plus the longest answer.
+
+    Static shapes compile in ~25 s where dynamic ones took 114 s (BENCHMARKS.md); the padding costs a few tokens
+    of ~420. Gemma 3 prompts all have the first one's length (a fixed 256 image tokens); a longer sample would
+    still pad to its own length (and compile again).
+    """
+    if cache is None:
+        return None
+    prompt = cache.prompts(train_set[:1], 1, 0)[0]["input_ids"].shape[1]  # usually cached by the memory probes
+    answer = max(len(answer_ids(loaded.processor.tokenizer, fmt, label)) for label in range(len(LABELS)))
+    return micro_batch, prompt + answer
+
+
+def _compile_choice(cfg: TrainConfig, model, device, checkpointing: bool, n_train: int, static: bool):
     """(compile?, why, cache file) for the fast path; a chosen compile starts from the cache file if there."""
     from trainer.compiling import cache_path, choose_compile, load_cache
 
     path = cache_path(cfg, model, device)
     _, total = plan_steps(n_train, cfg)
-    compiled, why = choose_compile(cfg, device, checkpointing, total,
+    compiled, why = choose_compile(cfg, device, checkpointing, static, total,
                                    cfg.batch_size * cfg.gradient_accumulation_steps, path)
     if compiled and load_cache(path):
         why += "; compiled artifacts loaded from the cache"

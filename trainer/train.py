@@ -164,6 +164,7 @@ class StepPlan:
     cache: object | None = None  # trainer.features.FeatureCache when the vision tower is frozen
     fused: bool = False  # trainer.fused: LoRA and RMSNorm in fewer kernels (the same function)
     compile_cache: Path | None = None  # set: decoder layers torch.compiled, artifacts kept in this file
+    shape: tuple[int, int] | None = None  # (rows, tokens) every micro-batch is padded to: one compiled graph
 
 
 def step_index_lists(n: int, cfg: TrainConfig, first_step: int, total: int) -> list[list[int]]:
@@ -186,7 +187,7 @@ def _step_batches(dataset, examples, processor, cfg: TrainConfig, plan: StepPlan
     # get other dropout masks
     generator = torch.Generator().manual_seed(cfg.seed + first_step)
     if plan.cache is not None:
-        batches = plan.cache.train_batches(examples, flat, cfg.num_workers, generator)
+        batches = plan.cache.train_batches(examples, flat, cfg.num_workers, generator, plan.shape)
     else:
         workers = cfg.num_workers if device.type == "cuda" else 0  # CPU runs: workers only compete for the cores
         batches = iter(torch.utils.data.DataLoader(

@@ -169,3 +169,78 @@ def test_lora_on_the_vision_tower_trains_without_the_feature_cache(tmp_path, mod
     assert plan["feature_cache"] is False and plan["micro_batch"] == 4
     assert not any(e["event"] == "image_cache" for e in sink.events)
     assert [e["step"] for e in sink.events if e["event"] == "step"] == [1, 2]
+
+
+def test_a_fixed_shape_batch_adds_nothing_to_the_loss_or_the_gradient(tiny_gemma3):
+    import copy
+
+    from trainer.collate import fixed_shape_batch
+
+    model, processor = tiny_gemma3
+    model = apply_lora(copy.deepcopy(model), TrainConfig(lora_dropout=0.0)).train()
+    fmt = build_chat_format(processor, "short")
+    examples = load_splits("builtin:synthetic-pets").train[::37][:3]
+    samples = [encode_train_sample(processor, fmt, ex.open(), ex.label) for ex in examples]
+    pad = processor.tokenizer.pad_token_id
+
+    def loss_and_grads(batch):
+        model.zero_grad(set_to_none=True)
+        loss = plain_loss_sum(model, batch)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    natural = pad_batch(samples, pad)
+    fixed = fixed_shape_batch(samples, pad, rows=5, width=natural["input_ids"].shape[1] + 7)
+    assert fixed["input_ids"].shape == (5, natural["input_ids"].shape[1] + 7)
+    assert (fixed["labels"][3:] == -100).all()  # filler rows: copies of a sample with every label ignored
+    loss, grads = loss_and_grads(natural)
+    fixed_loss, fixed_grads = loss_and_grads(fixed)
+    assert fixed_loss == pytest.approx(loss, rel=1e-5)
+    for a, b in zip(grads, fixed_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("changes", "device", "steps", "cached", "expected"), [
+    ({}, "cpu", 10_000, False, (False, "CPU")),
+    ({"quantization": "4bit"}, "cuda", 10_000, False, (False, "bf16 fast path")),
+    ({}, "cuda", 188, False, (False, "less than")),  # the default 1000 x 3 run: ~16 s saved < a ~27 s compile
+    ({}, "cuda", 690, False, (True, "more than")),  # the full 3680-image split x 3
+    ({}, "cuda", 188, True, (True, "warm start")),  # an earlier run left the compiled artifacts
+    ({"compile": "on"}, "cpu", 1, False, (True, "--compile on")),
+    ({"compile": "off"}, "cuda", 10_000, True, (False, "--compile off")),
+])
+def test_auto_compiles_when_the_run_repays_the_compile(tmp_path, changes, device, steps, cached, expected):
+    from trainer.compiling import choose_compile
+
+    path = tmp_path / "cache.bin"
+    if cached:
+        path.write_bytes(b"artifacts")
+    compiled, why = choose_compile(TrainConfig(**changes), torch.device(device), False, True, steps, 16, path)
+    assert compiled == expected[0] and expected[1] in why
+
+
+@pytest.mark.slow
+def test_a_compiled_run_learns_what_the_eager_run_learns_and_the_next_run_starts_warm(tmp_path):
+    cfg = TrainConfig(model_id="builtin:tiny-gemma3", dataset="builtin:synthetic-pets", prompt="short",
+                      train_size=37, eval_size=6, batch_size=16, gradient_accumulation_steps=1, num_epochs=1,
+                      learning_rate=1e-2, lora_r=4, eval_mode="constrained", num_workers=0, save_steps=0,
+                      # compiled micro-batches are padded to one shape, and dropout masks follow the shape; without
+                      # dropout the two runs must agree step by step (tests/trainer/test_fused.py: same masks
+                      # at the same shape)
+                      lora_dropout=0.0)
+    sinks = {}
+    for name in ("off", "on", "again"):
+        sinks[name] = ListSink()
+        compile_ = "off" if name == "off" else "on"
+        assert run(cfg.replace(compile=compile_, output_dir=str(tmp_path / "runs" / name)), sinks[name]) == 0
+
+    def losses(sink):
+        return [e["loss"] for e in sink.events if e["event"] == "step"]
+
+    assert len(losses(sinks["off"])) == 3  # 16 + 16 + 5: the last micro-batch is padded to 16 rows when compiled
+    assert losses(sinks["on"]) == pytest.approx(losses(sinks["off"]), rel=1e-4)
+    assert losses(sinks["again"]) == pytest.approx(losses(sinks["on"]), rel=1e-6)
+    plans = {name: next(e for e in sink.events if e["event"] == "memory_plan") for name, sink in sinks.items()}
+    assert not plans["off"]["compile"] and plans["on"]["compile"]
+    assert "loaded from the cache" in plans["again"]["compile_why"]
+    assert list((tmp_path / "runs" / ".compile-cache").glob("*.bin"))
