@@ -1,9 +1,9 @@
 """When to torch.compile the training step, and the compiled artifacts kept across processes.
 
 Compiling the decoder layers (trainer.fused) takes the gemma-3-4b fast-path step from ~400 to ~280 ms on an H100,
-but a cold compile costs tens of seconds at start-up, so it pays only on runs with enough steps; a warm start from
-the cache file costs a few seconds and always pays. The numbers behind COLD_COMPILE_S and STEP_SAVING are in
-BENCHMARKS.md ("GPU training, compiled step").
+but a cold compile costs ~29 s, so it pays only on runs with enough steps (the default 1000-image x 3 run saves
+~22 s: not enough cold, enough warm); a warm start from the cache file costs ~7 s. The numbers are in BENCHMARKS.md
+("GPU training, compiled step").
 
 The cache is torch's "mega-cache": one file of inductor graphs, autograd graphs and Triton kernels, written next to
 the runs (`<output_dir>/../.compile-cache/<key>.bin`, i.e. in the bucket on Cloud Run), so a retried task and every
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-COLD_COMPILE_S = 27.0  # cold compile of gemma-3-4b's decoder layers, static shapes, H100 (BENCHMARKS.md)
-STEP_SAVING = 0.28  # fraction of the eager fused step that compilation saves: 388 -> 277-280 ms (same section)
-EAGER_STEP_S_PER_SAMPLE = 0.024  # eager fused step per sample at gemma-3-4b dims (388 ms / 16)
+COLD_COMPILE_S = 29.0  # compiling gemma-3-4b's decoder layers cold, static shapes, H100 (BENCHMARKS.md)
+WARM_COMPILE_S = 7.0  # the same from the cache file: tracing and loading (same section)
+STEP_SAVING = 0.28  # fraction of the eager step that compilation saves: 37.7 -> 52.2 samples/s steady
+EAGER_S_PER_SAMPLE = 0.0265  # eager fast-path training time per sample at gemma-3-4b dims (37.7 samples/s)
 
 
 def cache_path(cfg, model, device: torch.device) -> Path:
@@ -45,13 +46,13 @@ def choose_compile(cfg, device: torch.device, checkpointing: bool, static: bool,
         return False, "CPU: compiling costs more than it saves on the tiny models run here"
     if not cfg.fast_path or cfg.quantization != "none" or checkpointing or not static:
         return False, "auto compiles only Gemma 3's bf16 fast path without gradient checkpointing"
-    if path.is_file():
-        return True, f"a compile cache from an earlier run is there ({path.name}): warm start"
-    saving = total_steps * samples_per_step * EAGER_STEP_S_PER_SAMPLE * STEP_SAVING
-    if saving > COLD_COMPILE_S:
-        return True, f"{total_steps} steps save ~{saving:.0f} s, more than a ~{COLD_COMPILE_S:.0f} s cold compile"
-    return False, (f"{total_steps} steps would save ~{saving:.0f} s, less than a ~{COLD_COMPILE_S:.0f} s cold "
-                   f"compile (--compile on forces it; later runs start warm)")
+    warm = path.is_file()
+    cost = WARM_COMPILE_S if warm else COLD_COMPILE_S
+    start = f"a {'warm start from the cache' if warm else 'cold compile'} (~{cost:.0f} s)"
+    saving = total_steps * samples_per_step * EAGER_S_PER_SAMPLE * STEP_SAVING
+    if saving > cost:
+        return True, f"{total_steps} steps save ~{saving:.0f} s, more than {start}"
+    return False, f"{total_steps} steps would save ~{saving:.0f} s, less than {start}; --compile on forces it"
 
 
 def load_cache(path: Path) -> bool:
