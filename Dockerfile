@@ -45,6 +45,14 @@ RUN uv pip install --no-deps --no-index --no-build-isolation . \
 # ----------------------------------------------------------------------------- runtime
 FROM nvidia/cuda:13.0.2-runtime-ubuntu24.04
 
+# A C compiler: torch.compile's Triton builds a small CUDA launcher with `cc` the first time it runs a kernel
+# (trainer/compiling.py; without one the trainer trains on eagerly, only slower). Not pinned to a version:
+# Ubuntu's security updates replace these versions in the archive, and a pin would break the next build.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 # Not uid 1000: ubuntu:24.04 already has a user `ubuntu` there.
 RUN groupadd --gid 10001 trainer \
     && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/trainer --shell /usr/sbin/nologin trainer

@@ -105,6 +105,16 @@ def test_the_entrypoint_is_exactly_python_m_trainer():
     assert entry.json and list(entry.value) == ["python", "-m", "trainer"]
 
 
+def test_the_runtime_has_a_c_compiler_for_triton_and_installs_it_as_root():
+    # torch.compile's Triton builds its CUDA launcher with `cc` at run time (trainer/compiling.py)
+    final = stages()[-1]
+    runs = [(i, " ".join(c.value)) for i, c in enumerate(final) if c.cmd == "RUN"]
+    user = next(i for i, c in enumerate(final) if c.cmd == "USER")
+    installs = [i for i, cmd in runs if "apt-get install" in cmd and " gcc " in f"{cmd} " and "libc6-dev" in cmd]
+    assert installs and installs[0] < user
+    assert any("rm -rf /var/lib/apt/lists" in cmd for i, cmd in runs if i == installs[0])
+
+
 def final_env() -> dict[str, str]:
     env: dict[str, str] = {}
     for c in stages()[-1]:

@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -237,7 +237,10 @@ def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, s
     started, first_step = time.perf_counter(), state.step
     for indices, micro_batches in zip(steps, batches, strict=True):
         t0 = time.perf_counter()
-        loss = run_step(model, micro_batches, plan, device)
+        if plan.compile_cache is not None and state.step == first_step:
+            loss, plan = _first_compiled_step(model, micro_batches, plan, device)
+        else:
+            loss = run_step(model, micro_batches, plan, device)
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
         opt.step()
         sched.step()
@@ -258,6 +261,25 @@ def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, s
             path = save_checkpoint(checkpoints_root(cfg.output_dir), state.step, write, keep=cfg.keep_checkpoints)
             sink.emit("checkpoint", step=state.step, path=str(path))
     return state
+
+
+def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, device) -> tuple[float, StepPlan]:
+    """The first step compiles; if compiling fails (no C compiler for Triton's launcher, an unsupported op), the
+    run goes on eagerly from the same RNG state and gradients, so it only loses the speed-up."""
+    from trainer.events import log
+
+    rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        return run_step(model, micro_batches, plan, device), plan
+    except Exception as exc:  # noqa: BLE001 -- any compiler failure; the eager step below re-raises real errors
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        log(f"torch.compile failed ({type(exc).__name__}: {first_line}); training on without it")
+    torch.set_rng_state(rng[0])
+    if rng[1] is not None:
+        torch.cuda.set_rng_state_all(rng[1])
+    model.zero_grad(set_to_none=True)
+    plan = replace(plan, compile_cache=None)
+    return run_step(model, micro_batches, plan, device), plan
 
 
 def _save_compiled(path: Path) -> None:
