@@ -211,11 +211,35 @@ def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mo
         "generated_tokens": _generated_tokens(cfg, marks),
         "generated_ids_per_call": marks.get("new_tokens"),
         "events": _notable(events),
+        "train_timeline": train_timeline(events, marks),
         "final_loss": steps[-1]["loss"],
         "config": cfg.to_dict(),
     }
     result |= mfu(marks, shapes, events, samples, train_s)
     return result
+
+
+def train_timeline(events: list[dict], marks: dict) -> dict:
+    """Where the training phase's wall time went: first step, steps of the first epoch (which encode the images)
+    and of the later ones, checkpoint writes, and what is left before and after the steps."""
+    steps = [e for e in events if e["event"] == "step"]
+    if not steps:
+        return {}
+    t0, gaps, ckpt = marks["train_start"], {}, 0.0
+    prev = t0
+    for e in events:
+        if e["t"] < t0 or e["event"] not in ("step", "checkpoint"):
+            continue
+        if e["event"] == "checkpoint":
+            ckpt += e["t"] - prev
+        else:
+            epoch = "first_step" if e is steps[0] else ("epoch1" if e["epoch"] <= 1 else "later")
+            gaps[epoch] = gaps.get(epoch, 0.0) + e["t"] - prev
+        prev = e["t"]
+    counts = {"epoch1": sum(1 for e in steps[1:] if e["epoch"] <= 1), "later": sum(1 for e in steps if e["epoch"] > 1)}
+    return {**{f"{k}_s": round(v, 2) for k, v in gaps.items()}, "checkpoints_s": round(ckpt, 2),
+            "after_last_step_s": round(marks["train_end"] - prev, 2),
+            **{f"{k}_ms_per_step": round(1e3 * gaps.get(k, 0) / n, 1) for k, n in counts.items() if n}}
 
 
 def _run_timings(cfg) -> dict:
