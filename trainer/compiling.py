@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -73,7 +74,7 @@ def save_cache(path: Path) -> int:
     if not saved:
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # runs sharing a bucket may write the same key at once
     tmp.write_bytes(saved[0])
     tmp.replace(path)
     return len(saved[0])
