@@ -23,10 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.checkpoint import checkpoints_root, save_checkpoint
+from trainer.checkpoint import checkpoints_root
 from trainer.collate import IGNORE, pad_batch
 from trainer.config import TrainConfig
 from trainer.events import EventSink
+from trainer.snapshot import BackgroundCheckpoints, snapshot
 
 
 @dataclass
@@ -128,27 +129,12 @@ def build_optimizer(model, cfg: TrainConfig, total: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, cfg.warmup_ratio))
 
 
-def save_state(out_dir: Path, model, processor, opt, sched, state: TrainState) -> None:
-    """Adapter weights + optimizer/scheduler/RNG state: everything an exact resume needs."""
-    model.save_pretrained(out_dir / "adapter")
-    torch.save({"step": state.step, "losses": state.losses, "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-               out_dir / "trainer_state.pt")
-
-
 def load_state(ckpt: Path, model, opt, sched) -> TrainState:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+    """Resume point: adapter, optimizer, scheduler and RNG as checkpointed (trainer.snapshot)."""
+    from trainer.snapshot import load_snapshot
 
-    set_peft_model_state_dict(model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors")))
-    saved = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
-    opt.load_state_dict(saved["optimizer"])
-    sched.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["torch_rng"])
-    if saved["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    return TrainState(step=saved["step"], losses=saved["losses"])
+    step, losses = load_snapshot(ckpt, model, opt, sched)
+    return TrainState(step=step, losses=losses)
 
 
 @dataclass(frozen=True)
@@ -235,32 +221,45 @@ def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, s
     batches = _step_batches(dataset, examples, processor, cfg, plan, steps, device, state.step)
     model.train()
     started, first_step = time.perf_counter(), state.step
-    for indices, micro_batches in zip(steps, batches, strict=True):
-        t0 = time.perf_counter()
-        if plan.compile_cache is not None and state.step == first_step:
-            loss, plan = _first_compiled_step(model, micro_batches, plan, device)
-        else:
-            loss = run_step(model, micro_batches, plan, device)
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        state.step += 1
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at step {state.step}; lower --learning-rate "
-                                     f"(now {cfg.learning_rate}) or check the data")
-        state.losses.append({"step": state.step, "loss": loss})
-        if plan.compile_cache is not None and state.step == first_step + 1:
-            _save_compiled(plan.compile_cache)  # now, not at the end: a killed task's retry starts warm
-        per_step = (time.perf_counter() - started) / (state.step - first_step)
-        sink.emit("step", step=state.step, total_steps=total, epoch=round(state.step / steps_per_epoch, 4),
-                  loss=loss, lr=sched.get_last_lr()[0], samples_per_s=len(indices) / (time.perf_counter() - t0),
-                  eta_s=per_step * (total - state.step), gpu_mem_gib=gpu_memory_gib())
-        if state.step == total or (cfg.save_steps and state.step % cfg.save_steps == 0):
-            write = partial(save_state, model=model, processor=processor, opt=opt, sched=sched, state=state)
-            path = save_checkpoint(checkpoints_root(cfg.output_dir), state.step, write, keep=cfg.keep_checkpoints)
-            sink.emit("checkpoint", step=state.step, path=str(path))
+    checkpoints = BackgroundCheckpoints(checkpoints_root(cfg.output_dir), cfg.keep_checkpoints,
+                                        lambda step, path: sink.emit("checkpoint", step=step, path=str(path)))
+    try:
+        for indices, micro_batches in zip(steps, batches, strict=True):
+            t0 = time.perf_counter()
+            loss, plan = _optimizer_step(model, micro_batches, plan, opt, sched, cfg, device,
+                                         first=state.step == first_step)
+            state.step += 1
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {state.step}; lower --learning-rate "
+                                         f"(now {cfg.learning_rate}) or check the data")
+            state.losses.append({"step": state.step, "loss": loss})
+            if plan.compile_cache is not None and state.step == first_step + 1:
+                _save_compiled(plan.compile_cache)  # now, not at the end: a killed task's retry starts warm
+            per_step = (time.perf_counter() - started) / (state.step - first_step)
+            sink.emit("step", step=state.step, total_steps=total, epoch=round(state.step / steps_per_epoch, 4),
+                      loss=loss, lr=sched.get_last_lr()[0], samples_per_s=len(indices) / (time.perf_counter() - t0),
+                      eta_s=per_step * (total - state.step), gpu_mem_gib=gpu_memory_gib())
+            if state.step == total or (cfg.save_steps and state.step % cfg.save_steps == 0):
+                checkpoints.save(state.step, snapshot(model, opt, sched, state.step, state.losses))
+    except BaseException:
+        checkpoints.wait(quiet=True)  # the last checkpoint still lands, for the retry
+        raise
+    checkpoints.wait()
     return state
+
+
+def _optimizer_step(model, micro_batches: list[dict], plan: StepPlan, opt, sched, cfg: TrainConfig, device,
+                    first: bool) -> tuple[float, StepPlan]:
+    """Forward/backward over the step's micro-batches, clip, update; (loss, the plan for the next steps)."""
+    if plan.compile_cache is not None and first:
+        loss, plan = _first_compiled_step(model, micro_batches, plan, device)
+    else:
+        loss = run_step(model, micro_batches, plan, device)
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return loss, plan
 
 
 def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, device) -> tuple[float, StepPlan]:

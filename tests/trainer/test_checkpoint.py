@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from trainer.checkpoint import MARKER, latest_checkpoint, save_checkpoint
 
 
@@ -57,3 +59,34 @@ def test_no_directory_is_renamed_because_gcs_fuse_refuses_it(tmp_path, monkeypat
     save_checkpoint(tmp_path, 7, _writer(b"z" * 3))
     step, path = latest_checkpoint(tmp_path)
     assert step == 7 and json.loads((path / MARKER).read_text())["files"]["adapter/w.bin"] == 3
+
+
+def test_a_background_checkpoint_lands_complete_reports_in_order_and_raises_its_error_on_the_next_wait(
+        tmp_path, monkeypatch):
+    import threading
+
+    from trainer import snapshot
+
+    landed, gate = [], threading.Event()
+    writer = snapshot.BackgroundCheckpoints(tmp_path, keep=5, done=lambda step, path: landed.append(step))
+
+    def slow(out_dir, snap):  # the training thread goes on while this one writes
+        gate.wait(10)
+        (out_dir / "weights.bin").write_bytes(snap["bytes"])
+
+    monkeypatch.setattr(snapshot, "write_snapshot", slow)
+    writer.save(10, {"bytes": b"a" * 64})
+    assert landed == [] and latest_checkpoint(tmp_path) is None  # in flight: nothing to resume from yet
+    gate.set()
+    writer.save(20, {"bytes": b"b" * 64})  # waits for step 10 first
+    writer.wait()
+    assert landed == [10, 20] and latest_checkpoint(tmp_path)[0] == 20
+
+    def full(out_dir, snap):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(snapshot, "write_snapshot", full)
+    writer.save(30, {})
+    with pytest.raises(OSError, match="No space left"):
+        writer.wait()
+    assert latest_checkpoint(tmp_path)[0] == 20 and landed == [10, 20]  # the failed one has no marker
