@@ -46,7 +46,7 @@ def snapshot(model, opt, sched, step: int, losses: list[dict]) -> dict:
         "adapter": _to_host(get_peft_model_state_dict(model)),
         "config": config,
         "trainer": {"step": step, "losses": list(losses), "optimizer": _to_host(opt.state_dict()),
-                    "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "scheduler": _to_host(sched.state_dict()), "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
 
