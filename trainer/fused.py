@@ -9,10 +9,9 @@ the GPU time outside the matrix products, in memory-bound passes:
   is their ~30M numbers, not the activations. This is ordinary mixed precision, what autocast would do.
 - Gemma's RMSNorm (up-cast, square, mean, rsqrt, scale, down-cast: five kernels each way) goes through torch's
   fused rms_norm kernel.
-Measured (H100, gemma-3-4b dims, 16 samples of 421 tokens): 684 -> 398-402 ms per step, 64 -> 53 GiB peak. Not used:
-torch.compile. Compiling the norm and GeGLU functions cost 76 s of start-up for no gain over the fused kernel;
-compiling whole decoder layers reached 279 ms but cost 27 s cold, more than it saves on the default 1000-image
-run, and its dropout diverged from eager (bench/gpu_step.py, BENCHMARKS.md).
+Measured (H100, gemma-3-4b dims, 16 samples of 421 tokens): 684 -> 388-402 ms per step, 64 -> 53 GiB peak.
+Compiling the norm and GeGLU functions alone cost 76 s of start-up for no gain over the fused kernel; compiling
+whole decoder layers (below) takes the step to 277-280 ms (bench/gpu_step.py, BENCHMARKS.md).
 
 `fused_training(model)` patches module instances for the duration of a block and restores them afterwards, so
 evaluation, merging and saving see peft's and transformers' own code. The patched forwards are made once per module
@@ -20,16 +19,18 @@ and reused: torch.compile guards on their identity (new closures every step reco
 
 `fused_training(model, compiled=True)` also runs each decoder layer through `torch.compile` (regional: one graph
 per layer kind, shared by all layers of that kind), with static shapes (the trainer pads compiled micro-batches to
-one shape) and inductor's `fallback_random` so dropout draws eager's masks: the compiled step computes what the eager one does, to
-rounding (tests/trainer/test_fused.py). Compiled code is used only inside the block, so eval and generation never
-trigger compiles. trainer.compiling decides when to compile and keeps the compiled
-artifacts across processes.
+one shape) and inductor's `fallback_random` so dropout draws eager's masks: the compiled step computes what the
+eager one does, to rounding (tests/trainer/test_fused.py). Compiled code is used only inside the block, so eval and
+generation never trigger compiles. trainer.compiling decides when to compile and keeps the compiled artifacts
+across processes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
+from types import MethodType
 
 import torch
 import torch.nn.functional as F
@@ -46,45 +47,50 @@ def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, off
 
 
 # ------------------------------------------------------------------------------------------- forwards
-def lora_forward(module) -> Callable:
+# Module-level functions bound to each module (MethodType): compiled graphs guard a bound method by its function,
+# shared by every layer (a partial over each weight was guarded by identity: one recompile per layer), and
+# deepcopy rebinds a bound method to the copied module where a closure would keep the original.
+def _lora(self, x, *args, **kwargs):
     """A peft LoRA Linear's forward with the adapter in the input's dtype and its add fused into one addmm."""
+    if self.disable_adapters or self.merged:  # adapters toggled inside the block: peft's own path
+        return type(self).forward(self, x, *args, **kwargs)
+    result = self.base_layer(x, *args, **kwargs)
+    name = self.active_adapters[0]
+    a, b = self.lora_A[name].weight, self.lora_B[name].weight
+    h = F.linear(self.lora_dropout[name](x), a.to(x.dtype))
+    flat = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), b.to(x.dtype).t(),
+                       alpha=self.scaling[name])
+    return flat.view(result.shape)
 
-    def forward(x, *args, **kwargs):
-        if module.disable_adapters or module.merged:  # adapters toggled inside the block: peft's own path
-            return type(module).forward(module, x, *args, **kwargs)
-        result = module.base_layer(x, *args, **kwargs)
-        name = module.active_adapters[0]
-        a, b = module.lora_A[name].weight, module.lora_B[name].weight
-        h = F.linear(module.lora_dropout[name](x), a.to(x.dtype))
-        flat = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), b.to(x.dtype).t(),
-                           alpha=module.scaling[name])
-        return flat.view(result.shape)
 
-    return forward
+def _gemma3_norm(self, x):
+    return gemma_rms_norm(x, self.weight, self.eps, 1.0)
+
+
+def _gemma4_norm(self, x):
+    return gemma_rms_norm(x, self.weight if getattr(self, "with_scale", True) else None, self.eps, 0.0)
+
+
+def lora_forward(module) -> Callable:
+    return MethodType(_lora, module)
 
 
 def norm_forward(module, offset: float) -> Callable:
-    """Gemma's RMSNorm forward through the fused kernel. A closure, not a partial over the weight: compiled graphs
-    guard a partial by identity (one recompile per layer) but a closure by its code, shared by every layer."""
-    with_scale = getattr(module, "with_scale", True)
-
-    def forward(x):
-        return gemma_rms_norm(x, module.weight if with_scale else None, module.eps, offset)
-
-    return forward
+    """Gemma's RMSNorm forward through the fused kernel: offset 1.0 (Gemma 3, scale 1 + w) or 0.0 (Gemma 4)."""
+    return MethodType(_gemma3_norm if offset == 1.0 else _gemma4_norm, module)
 
 
 # ------------------------------------------------------------------------------------------- patching
-def fusable(model) -> Iterator[tuple[torch.nn.Module, Callable]]:
-    """(module, fused forward) for every module this file knows how to fuse; anything else is left alone."""
+def fusable(model) -> Iterator[tuple[torch.nn.Module, Callable[[], Callable]]]:
+    """(module, maker of its fused forward) for every module this file knows how to fuse; the rest is left alone."""
     for module in model.modules():
         kind = type(module).__name__
         if _is_plain_lora(module):
-            yield module, lora_forward(module)
+            yield module, partial(lora_forward, module)
         elif kind == "Gemma3RMSNorm":
-            yield module, norm_forward(module, 1.0)
+            yield module, partial(norm_forward, module, 1.0)
         elif kind == "Gemma4RMSNorm":
-            yield module, norm_forward(module, 0.0)
+            yield module, partial(norm_forward, module, 0.0)
 
 
 def _is_plain_lora(module) -> bool:
@@ -112,7 +118,7 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 
 
 DYNAMIC = False  # static shapes (the trainer pads compiled micro-batches to one shape): dynamic-shape graphs took
-# 114 s to compile cold and 63 s warm on an H100, static ones ~25 s cold (bench/gpu_step.py, BENCHMARKS.md)
+# 114 s to compile cold and 63 s warm on an H100, static ones ~29 s cold and ~7 s warm (BENCHMARKS.md)
 
 
 def compiled_layers(model) -> list[tuple[torch.nn.Module, Callable]]:
@@ -129,7 +135,7 @@ def compiled_layers(model) -> list[tuple[torch.nn.Module, Callable]]:
 @contextmanager
 def fused_training(model, enabled: bool = True, compiled: bool = False):
     """Inside: LoRA layers and Gemma RMSNorms of `model` run their fused forwards (and compiled decoder layers)."""
-    patched = [(m, _once(m, "_gemmactl_fused", lambda m=m, f=f: f)) for m, f in fusable(model)] if enabled else []
+    patched = [(m, _once(m, "_gemmactl_fused", make)) for m, make in fusable(model)] if enabled else []
     layers = compiled_layers(model) if compiled else []
     for module, forward in patched:
         module.forward = forward  # an instance attribute shadows the class's forward

@@ -171,7 +171,7 @@ def _plan(cfg: TrainConfig, model, loaded, fmt, samples, train_set, eval_set) ->
 def _compiled_shape(cache, loaded, fmt, train_set, micro_batch: int) -> tuple[int, int] | None:
     """(rows, tokens) of every compiled micro-batch: the planned size, and the prompt plus the longest answer.
 
-    Static shapes compile in ~25 s where dynamic ones took 114 s (BENCHMARKS.md); the padding costs a few tokens
+    Static shapes compile in ~29 s where dynamic ones took 114 s (BENCHMARKS.md); the padding costs a few tokens
     of ~420. Gemma 3 prompts all have the first one's length (a fixed 256 image tokens); a longer sample would
     still pad to its own length (and compile again).
     """

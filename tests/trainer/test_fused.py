@@ -127,3 +127,19 @@ def test_the_compiled_step_draws_eager_dropout_masks_and_gives_the_same_loss_and
     assert _loss_and_grads(model, small, fused=True, compiled=True)[0] == pytest.approx(
         _loss_and_grads(model, small, fused=True)[0], rel=1e-5)
     assert all(layer._compiled_call_impl is None for layer in decoder_layers(model))
+
+
+def test_a_copied_model_runs_its_own_fused_forwards(request):
+    model, batch = _lora_model(request, "tiny_gemma3", dropout=0.0)
+    _loss_and_grads(model, batch, fused=True)  # the fused forwards are made once and kept per module
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for n, p in twin.named_parameters():
+            if "lora_B" in n:
+                p.zero_()  # the copy's adapter now adds nothing; the original's still does
+    with torch.no_grad():
+        with fused_training(twin):
+            fused = plain_loss_sum(twin, batch).item()
+        with twin.disable_adapter():
+            base = plain_loss_sum(twin, batch).item()
+    assert fused == pytest.approx(base, rel=1e-5)
