@@ -268,8 +268,12 @@ def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, devic
     from trainer.events import log
 
     rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    log("first step: compiling the decoder layers (~30 s cold, seconds from a cache file)")
+    t = time.perf_counter()
     try:
-        return run_step(model, micro_batches, plan, device), plan
+        loss = run_step(model, micro_batches, plan, device)
+        log(f"first step compiled and run in {time.perf_counter() - t:.1f} s")
+        return loss, plan
     except Exception as exc:  # noqa: BLE001 -- any compiler failure; the eager step below re-raises real errors
         first_line = (str(exc).strip().splitlines() or [""])[0][:200]
         log(f"torch.compile failed ({type(exc).__name__}: {first_line}); training on without it")
