@@ -3,7 +3,7 @@
 Compiling the decoder layers (trainer.fused) takes the gemma-3-4b fast-path step from ~400 to ~280 ms on an H100,
 but a cold compile costs ~29 s, so it pays only on runs with enough steps (the default 1000-image x 3 run saves
 ~22 s: not enough cold, enough warm); a warm start from the cache file costs ~7 s. The numbers are in BENCHMARKS.md
-("GPU training, compiled step").
+("GPU training, compiled step and eval batches").
 
 The cache is torch's "mega-cache": one file of inductor graphs, autograd graphs and Triton kernels, written next to
 the runs (`<output_dir>/../.compile-cache/<key>.bin`, i.e. in the bucket on Cloud Run), so a retried task and every
@@ -63,7 +63,9 @@ def load_cache(path: Path) -> bool:
     try:
         torch.compiler.load_cache_artifacts(path.read_bytes())
     except Exception as exc:  # noqa: BLE001 -- any failure here only costs compile time
-        print(f"compile cache {path} not loaded ({type(exc).__name__}: {exc}); compiling cold", flush=True)
+        from trainer.events import log
+
+        log(f"compile cache {path} not loaded ({type(exc).__name__}: {exc}); compiling cold")
         return False
     return True
 
