@@ -60,14 +60,17 @@ def load_cache(path: Path) -> bool:
     """Load compiled artifacts from `path` if there; a stale or torn file is only a colder start."""
     if not path.is_file():
         return False
-    try:
-        torch.compiler.load_cache_artifacts(path.read_bytes())
-    except Exception as exc:  # noqa: BLE001 -- any failure here only costs compile time
-        from trainer.events import log
+    from trainer.events import log
 
-        log(f"compile cache {path} not loaded ({type(exc).__name__}: {exc}); compiling cold")
-        return False
-    return True
+    try:  # torch returns None for a file it cannot use (a torn write, another torch) and raises on worse
+        loaded = torch.compiler.load_cache_artifacts(path.read_bytes()) is not None
+    except Exception as exc:  # noqa: BLE001 -- any failure here only costs compile time
+        loaded, why = False, f"{type(exc).__name__}: {exc}"
+    else:
+        why = "unreadable or from another torch"
+    if not loaded:
+        log(f"compile cache {path} not loaded ({why}); compiling cold")
+    return loaded
 
 
 def save_cache(path: Path) -> int:

@@ -274,3 +274,12 @@ def test_when_compiling_fails_the_run_trains_on_eagerly_and_says_so(tmp_path, mo
     assert losses(sinks["failed"]) == pytest.approx(losses(sinks["off"]), rel=1e-3)
     assert "torch.compile failed (RuntimeError: Failed to find C compiler" in capsys.readouterr().err
     assert not (tmp_path / "runs" / ".compile-cache").exists()
+
+
+def test_a_torn_compile_cache_only_means_a_cold_compile(tmp_path, capsys):
+    from trainer.compiling import load_cache
+
+    torn = tmp_path / "cache.bin"
+    torn.write_bytes(b"\x00half a file")
+    assert load_cache(torn) is False and load_cache(tmp_path / "missing.bin") is False
+    assert "not loaded" in capsys.readouterr().err
