@@ -156,12 +156,11 @@ def _plan(cfg: TrainConfig, model, loaded, fmt, samples, train_set, eval_set) ->
                          context=context, disable_checkpointing=model.gradient_checkpointing_disable)
     log(f"micro-batch {memory.micro_batch} x {memory.accumulation}, gradient checkpointing "
         f"{'on' if memory.checkpointing else 'off'}: {memory.why}")
-    shape = _compiled_shape(cache, loaded, fmt, train_set, memory.micro_batch)
-    static = shape is not None and model.config.model_type == "gemma3"  # Gemma 4 prompt lengths vary by image
+    static = cache is not None and model.config.model_type == "gemma3"  # Gemma 4 prompt lengths vary by image
     compiled, compile_why, path = _compile_choice(cfg, model, loaded.device, memory.checkpointing, len(train_set),
                                                   static)
     log(f"torch.compile {'on' if compiled else 'off'}: {compile_why}")
-    shape = shape if compiled else None
+    shape = _compiled_shape(cache, loaded, fmt, train_set, memory.micro_batch) if compiled else None
     plan = StepPlan(memory.micro_batch, answer_loss_sum, cache, fused=True, compile_cache=path if compiled else None,
                     shape=shape)
     return plan, {**memory.event(), "feature_cache": cache is not None, "fused": True, "compile": compiled,
