@@ -25,6 +25,11 @@ import time
 from pathlib import Path
 
 PROCESS_START = time.time()  # fallback if psutil is missing; set before any heavy import
+if os.environ.get("BENCH_STARTUP_PROFILE") and "--one" in sys.argv:  # cProfile from here to the first step
+    import cProfile
+
+    STARTUP_PROFILE = cProfile.Profile()
+    STARTUP_PROFILE.enable()
 ROOT = Path(__file__).resolve().parents[1]
 # BENCH_TRAINER_ROOT: benchmark a trainer checkout other than this one (e.g. a candidate carried to the device)
 sys.path[:0] = [os.environ.get("BENCH_TRAINER_ROOT", str(ROOT)), str(ROOT), str(ROOT / "bench")]
@@ -150,6 +155,10 @@ def run_one(args) -> dict:
     marks: dict = {}
     _install_hooks(args, spec, work, marks)
     _generate_full_length(marks)
+    if globals().get("STARTUP_PROFILE"):
+        _stop_startup_profile_at_first_step(Path(args.out) / args.one.replace(":", "-"))
+    if args.profile_steps:
+        _profile_steps(marks, [int(s) for s in args.profile_steps.split(",")], Path(args.out) / args.one.replace(":", "-"))
     model_id = f"builtin:{name}" if args.tiny else (args.model_dir or f"bench:{name}")
     cfg = TrainConfig(model_id=model_id, dataset=str(work / "pets"), output_dir=str(work / f"run-{name}-{mode}"),
                       train_size=args.train_size, eval_size=args.eval_size, num_epochs=args.epochs,
@@ -157,8 +166,74 @@ def run_one(args) -> dict:
                       **json.loads(args.overrides)).validate()
     shutil.rmtree(cfg.output_dir, ignore_errors=True)  # a finished run dir would make the trainer exit at once
     sink = TimedSink()
+    marks["run_entry"] = time.time()  # process start -> here: interpreter, imports, hooks
     run(cfg, sink)
     return summarise(cfg, sink.events, marks, t_proc, name, mode)
+
+
+def _stop_startup_profile_at_first_step(out: Path) -> None:
+    """Write the start-up cProfile (process start -> first optimizer step begins), cumulative and own time."""
+    import io
+    import pstats
+
+    import trainer.train as train_mod
+
+    real = train_mod._optimizer_step
+
+    def first(*a, **k):
+        train_mod._optimizer_step = real
+        STARTUP_PROFILE.disable()
+        text = io.StringIO()
+        stats = pstats.Stats(STARTUP_PROFILE, stream=text)
+        stats.sort_stats("cumulative").print_stats(70)
+        stats.sort_stats("tottime").print_stats(30)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "startup_profile.txt").write_text(text.getvalue())
+        return real(*a, **k)
+
+    train_mod._optimizer_step = first
+
+
+def _profile_steps(marks: dict, starts: list[int], out: Path) -> None:
+    """torch.profiler over optimizer steps s and s+1 for each s in `starts` (1-based): wall vs GPU kernel time.
+
+    What the GPU was busy with and for how long against the steps' wall time: the difference is host work the
+    GPU waited for (batch preparation, syncs, launches). The CPU-side table is written to $OUT.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import trainer.train as train_mod
+
+    real, state = train_mod._optimizer_step, {"n": 0, "prof": None}
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+
+    def profiled(*a, **k):
+        state["n"] += 1
+        n = state["n"]
+        if n in starts:
+            sync()
+            state["prof"], state["t"] = profile(activities=acts), time.time()
+            state["prof"].__enter__()
+        result = real(*a, **k)
+        if state["prof"] is not None and n - 1 in starts:
+            sync()
+            wall = time.time() - state["t"]
+            prof, state["prof"] = state["prof"], None
+            prof.__exit__(None, None, None)
+            kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+            busy = sum(e.device_time for e in kernels) / 1e3
+            marks.setdefault("step_profiles", []).append(
+                {"steps": [n - 1, n], "wall_ms": 1e3 * wall / 2, "gpu_kernel_ms": busy / 2,
+                 "kernels_per_step": len(kernels) / 2})
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"profile_steps_{n - 1}.txt").write_text(
+                prof.key_averages().table(sort_by="cpu_time_total", row_limit=45, max_name_column_width=80))
+        return result
+
+    train_mod._optimizer_step = profiled
 
 
 def _generate_full_length(marks: dict) -> None:
@@ -207,11 +282,14 @@ def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mo
                  for e in marks.get("evals", [])},
         "eval_phases": marks.get("phases", []),
         "start_event_s": next(e["t"] for e in events if e["event"] == "start") - t_proc,
+        "run_entry_s": marks["run_entry"] - t_proc,
+        "step_profiles": marks.get("step_profiles"),
         "trainer_timings": _run_timings(cfg),
         "generated_tokens": _generated_tokens(cfg, marks),
         "generated_ids_per_call": marks.get("new_tokens"),
         "events": _notable(events),
         "train_timeline": train_timeline(events, marks),
+        "step_ms": _step_walls(events, marks),
         "final_loss": steps[-1]["loss"],
         "config": cfg.to_dict(),
     }
@@ -240,6 +318,20 @@ def train_timeline(events: list[dict], marks: dict) -> dict:
     return {**{f"{k}_s": round(v, 2) for k, v in gaps.items()}, "checkpoints_s": round(ckpt, 2),
             "after_last_step_s": round(marks["train_end"] - prev, 2),
             **{f"{k}_ms_per_step": round(1e3 * gaps.get(k, 0) / n, 1) for k, n in counts.items() if n}}
+
+
+def _step_walls(events: list[dict], marks: dict) -> list:
+    """Wall ms between consecutive step events (the first from the start of training); "C" marks a checkpoint."""
+    out, prev = [], marks.get("train_start")
+    for e in events:
+        if prev is None or e["t"] < marks.get("train_start", 0) or e["event"] not in ("step", "checkpoint"):
+            continue
+        if e["event"] == "checkpoint":
+            out.append("C")
+            continue
+        out.append(round(1e3 * (e["t"] - prev)))
+        prev = e["t"]
+    return out
 
 
 def _run_timings(cfg) -> dict:
@@ -327,6 +419,7 @@ def main() -> int:
     parser.add_argument("--from-disk", action="store_true", help="gemma-3-4b: save, then load via the trainer")
     parser.add_argument("--tiny", action="store_true", help="builtin tiny models (CPU check of this script)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--profile-steps", default="", help="comma list of steps s: profile steps s and s+1")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)

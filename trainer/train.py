@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from trainer.collate import IGNORE, pad_batch
 from trainer.config import TrainConfig
 from trainer.events import EventSink
 from trainer.snapshot import BackgroundCheckpoints, snapshot
+
+ANSWER_ROWS = "answer_rows"  # batch key: answer_rows(labels), computed on the host (answer_loss_sum)
 
 
 @dataclass
@@ -81,7 +84,7 @@ def plain_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     positions are up-cast and used.
     """
     labels = batch["labels"]
-    out = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)  # no KV cache in training
+    out = model(**_model_inputs(batch), use_cache=False)  # no KV cache in training
     targets = labels[:, 1:]
     keep = targets != IGNORE
     return F.cross_entropy(out.logits[:, :-1][keep].float(), targets[keep], reduction="sum")
@@ -93,17 +96,31 @@ def answer_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     Gemma's 262k-word head over every position costs ~1.3 GFLOP per token forward and as much backward, and
     GBs of logits; the loss needs it at ~5 positions per sample. Runs the inner model for hidden states, then
     the head (and Gemma 4's final logit soft-cap, exactly as its forward applies it) on the kept rows only.
+    The rows come from `batch["answer_rows"]` when the caller computed them on the host (`answer_rows`): found
+    on the GPU, they would make the host wait for the whole forward pass before it could queue the backward.
     """
     labels = batch["labels"]
-    targets = labels[:, 1:]
-    keep = targets != IGNORE
+    rows = batch.get(ANSWER_ROWS)
+    rows = answer_rows(labels) if rows is None else rows
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).last_hidden_state
-    logits = base.lm_head(hidden[:, :-1][keep])
+    hidden = base.model(**_model_inputs(batch), use_cache=False).last_hidden_state
+    logits = base.lm_head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows))
     cap = base.config.get_text_config().final_logit_softcapping if base.config.model_type == "gemma4" else None
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    return F.cross_entropy(logits.float(), labels.reshape(-1).index_select(0, rows + 1), reduction="sum")
+
+
+def answer_rows(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices (into batch x tokens) of the positions whose next token is an answer token, in row order:
+    the rows `hidden[:, :-1][labels[:, 1:] != -100]` picks, as an index (row + 1 is the target's position)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE
+    return keep.flatten().nonzero().squeeze(1)
+
+
+def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k not in ("labels", ANSWER_ROWS)}
 
 
 def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -183,21 +200,31 @@ def _step_batches(dataset, examples, processor, cfg: TrainConfig, plan: StepPlan
         yield [next(batches) for _ in step]
 
 
-def run_step(model, micro_batches: list[dict], plan: StepPlan, device) -> float:
+def run_step(model, micro_batches: list[dict], plan: StepPlan, device) -> torch.Tensor:
     """Forward/backward every micro-batch of one step; the loss is the mean over all the step's answer tokens.
 
     Normalising by the step's token count (not per micro-batch) makes the gradient independent of how the step
-    is split, so the planner may choose any micro-batch size without changing what is learned.
+    is split, so the planner may choose any micro-batch size without changing what is learned. Returns the loss
+    as a device scalar: reading it is the caller's choice, as it makes the host wait for the step.
     """
-    n_tokens = sum(answer_tokens(b) for b in micro_batches)
+    n_tokens = sum(answer_tokens(b) for b in micro_batches)  # host-side labels: no wait
     total = torch.zeros((), device=device)
     with step_context(model, plan.cache is not None, plan.fused, plan.compile_cache is not None):
         for batch in micro_batches:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            loss = plan.loss(model, batch)
+            loss = plan.loss(model, to_device(batch, device))
             (loss / n_tokens).backward()
             total += loss.detach()
-    return total.item() / n_tokens
+    return total / n_tokens
+
+
+def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """The batch on `device` without waiting for the GPU: host tensors are pinned and copied asynchronously, and
+    the answer positions are found on the host first (trainer.train.answer_rows)."""
+    if "labels" in batch and batch["labels"].device.type == "cpu":
+        batch = {**batch, ANSWER_ROWS: answer_rows(batch["labels"])}
+    cuda = torch.device(device).type == "cuda"
+    return {k: (v.pin_memory() if cuda and v.device.type == "cpu" else v).to(device, non_blocking=True)
+            for k, v in batch.items()}
 
 
 @contextlib.contextmanager
@@ -208,39 +235,58 @@ def step_context(model, cached: bool, fused: bool, compiled: bool = False):
     from trainer.fused import fused_training
 
     with (image_features_passthrough(model) if cached else contextlib.nullcontext()), \
-            fused_training(model, fused, compiled):
+            fused_training(model, fused, compiled), (_no_device_checks() if cached else contextlib.nullcontext()):
         yield
+
+
+@contextlib.contextmanager
+def _no_device_checks():
+    """transformers' input checks off (its documented TRANSFORMERS_DISABLE_TORCH_CHECK) for the fast path's steps.
+
+    Gemma's forward checks that the image placeholder count matches the features by reading a GPU value, which
+    makes the host wait for the GPU at the start of every forward. The fast path's batches come from the same
+    prompts the baseline eval already ran through the checked forward, and their image features from the cache.
+    """
+    key, saved = "TRANSFORMERS_DISABLE_TORCH_CHECK", os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = saved
 
 
 def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, sched, total: int,
           device: torch.device, sink: EventSink, plan: StepPlan | None = None, examples=None) -> TrainState:
-    """Run optimizer steps state.step+1 .. total, emitting step and checkpoint events."""
+    """Run optimizer steps state.step+1 .. total, emitting step and checkpoint events.
+
+    A step's loss is read (which waits for the GPU) only once the next step is queued, so the GPU never idles
+    while the host reports and prepares; the first step, checkpoint steps and the last step are read at once.
+    """
     plan = plan or StepPlan(cfg.batch_size)
     steps = step_index_lists(len(dataset), cfg, state.step, total)
-    steps_per_epoch = len(dataset) / (cfg.batch_size * cfg.gradient_accumulation_steps)
     batches = _step_batches(dataset, examples, processor, cfg, plan, steps, device, state.step)
     model.train()
-    started, first_step = time.perf_counter(), state.step
+    report = _Reporter(sink, state, total, len(dataset) / (cfg.batch_size * cfg.gradient_accumulation_steps),
+                       cfg.learning_rate)
     checkpoints = BackgroundCheckpoints(checkpoints_root(cfg.output_dir), cfg.keep_checkpoints,
                                         lambda step, path: sink.emit("checkpoint", step=step, path=str(path)))
     try:
         for indices, micro_batches in zip(steps, batches, strict=True):
-            t0 = time.perf_counter()
             loss, plan = _optimizer_step(model, micro_batches, plan, opt, sched, cfg, device,
-                                         first=state.step == first_step)
-            state.step += 1
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at step {state.step}; lower --learning-rate "
-                                         f"(now {cfg.learning_rate}) or check the data")
-            state.losses.append({"step": state.step, "loss": loss})
-            if plan.compile_cache is not None and state.step == first_step + 1:
+                                         first=report.queued == 0)
+            step = report.first_step + report.queued + 1
+            report.queue(step, loss, len(indices), sched.get_last_lr()[0])
+            checkpoint = step == total or (cfg.save_steps and step % cfg.save_steps == 0)
+            if step == report.first_step + 1 or checkpoint:
+                report.flush()
+            if plan.compile_cache is not None and step == report.first_step + 1:
                 _save_compiled(plan.compile_cache)  # now, not at the end: a killed task's retry starts warm
-            per_step = (time.perf_counter() - started) / (state.step - first_step)
-            sink.emit("step", step=state.step, total_steps=total, epoch=round(state.step / steps_per_epoch, 4),
-                      loss=loss, lr=sched.get_last_lr()[0], samples_per_s=len(indices) / (time.perf_counter() - t0),
-                      eta_s=per_step * (total - state.step), gpu_mem_gib=gpu_memory_gib())
-            if state.step == total or (cfg.save_steps and state.step % cfg.save_steps == 0):
-                checkpoints.save(state.step, snapshot(model, opt, sched, state.step, state.losses))
+            if checkpoint:
+                checkpoints.save(step, snapshot(model, opt, sched, step, state.losses))
+        report.flush()
     except BaseException:
         checkpoints.wait(quiet=True)  # the last checkpoint still lands, for the retry
         raise
@@ -248,9 +294,40 @@ def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, s
     return state
 
 
+class _Reporter:
+    """Step events from device losses: all but the newest queued step are read (and checked) on `queue`."""
+
+    def __init__(self, sink: EventSink, state: TrainState, total: int, steps_per_epoch: float, learning_rate: float):
+        self.sink, self.state, self.total, self.steps_per_epoch = sink, state, total, steps_per_epoch
+        self.learning_rate = learning_rate
+        self.first_step, self.queued, self.pending = state.step, 0, []
+        self.started = self.last = time.perf_counter()
+
+    def queue(self, step: int, loss: torch.Tensor, samples: int, lr: float) -> None:
+        self.flush()
+        self.pending.append((step, loss, samples, lr))
+        self.queued += 1
+
+    def flush(self) -> None:
+        for step, loss_t, samples, lr in self.pending:
+            loss = loss_t.item()
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {step}; lower --learning-rate "
+                                         f"(now {self.learning_rate}) or check the data")
+            now = time.perf_counter()
+            self.state.step = step
+            self.state.losses.append({"step": step, "loss": loss})
+            per_step = (now - self.started) / (step - self.first_step)
+            self.sink.emit("step", step=step, total_steps=self.total, epoch=round(step / self.steps_per_epoch, 4),
+                           loss=loss, lr=lr, samples_per_s=samples / (now - self.last),
+                           eta_s=per_step * (self.total - step), gpu_mem_gib=gpu_memory_gib())
+            self.last = now
+        self.pending = []
+
+
 def _optimizer_step(model, micro_batches: list[dict], plan: StepPlan, opt, sched, cfg: TrainConfig, device,
-                    first: bool) -> tuple[float, StepPlan]:
-    """Forward/backward over the step's micro-batches, clip, update; (loss, the plan for the next steps)."""
+                    first: bool) -> tuple[torch.Tensor, StepPlan]:
+    """Forward/backward over the step's micro-batches, clip, update; (device loss, the plan for the next steps)."""
     if plan.compile_cache is not None and first:
         loss, plan = _first_compiled_step(model, micro_batches, plan, device)
     else:
@@ -262,7 +339,7 @@ def _optimizer_step(model, micro_batches: list[dict], plan: StepPlan, opt, sched
     return loss, plan
 
 
-def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, device) -> tuple[float, StepPlan]:
+def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, device) -> tuple[torch.Tensor, StepPlan]:
     """The first step compiles; if compiling fails (no C compiler for Triton's launcher, an unsupported op), the
     run goes on eagerly from the same RNG state and gradients, so it only loses the speed-up."""
     from trainer.events import log
@@ -272,7 +349,7 @@ def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, devic
     t = time.perf_counter()
     try:
         loss = run_step(model, micro_batches, plan, device)
-        log(f"first step compiled and run in {time.perf_counter() - t:.1f} s")
+        log(f"first step compiled and queued in {time.perf_counter() - t:.1f} s")
         return loss, plan
     except Exception as exc:  # noqa: BLE001 -- any compiler failure; the eager step below re-raises real errors
         first_line = (str(exc).strip().splitlines() or [""])[0][:200]

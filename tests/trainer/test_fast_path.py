@@ -83,7 +83,7 @@ def test_how_a_step_is_split_into_micro_batches_does_not_change_the_gradient(tin
 
     def grads(split):
         model.zero_grad(set_to_none=True)
-        loss = run_step(model, [pad_batch(samples[a:b], pad) for a, b in split], StepPlan(4, plain_loss_sum), "cpu")
+        loss = run_step(model, [pad_batch(samples[a:b], pad) for a, b in split], StepPlan(4, plain_loss_sum), "cpu").item()
         return loss, [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
     whole_loss, whole = grads([(0, 4)])
