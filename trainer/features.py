@@ -49,10 +49,36 @@ def image_features_passthrough(model):
         return BaseModelOutputWithPooling(pooler_output=feats)
 
     inner.get_image_features = passthrough  # an instance attribute shadows the method for this block only
+    placeholder = _host_checked_placeholder_mask(inner)
+    if placeholder is not None:
+        inner.get_placeholder_mask = placeholder
     try:
         yield
     finally:
         del inner.get_image_features
+        if placeholder is not None:
+            del inner.get_placeholder_mask
+
+
+def _host_checked_placeholder_mask(inner):
+    """Gemma 3's placeholder mask without its GPU-side count check, or None for models that need no stand-in.
+
+    Gemma3Model.get_placeholder_mask formats the GPU count of image tokens into its error message on every call,
+    which makes the host wait for the GPU at the start of every forward. The same check is made on the host,
+    once per image, when the features enter the cache (FeatureCache.add).
+    """
+    import inspect
+
+    if "image_features" not in inspect.signature(inner.get_placeholder_mask).parameters:
+        return None  # Gemma 4's returns its masks without a check
+    original, token = inner.get_placeholder_mask, inner.config.image_token_id
+
+    def mask(input_ids, inputs_embeds, image_features):
+        if input_ids is None:
+            return original(input_ids, inputs_embeds=inputs_embeds, image_features=image_features)
+        return (input_ids == token).unsqueeze(-1).to(inputs_embeds.device)
+
+    return mask
 
 
 class _Prompts(torch.utils.data.Dataset):
@@ -99,6 +125,7 @@ class FeatureCache:
         else:  # Gemma 3: a fixed 256 soft tokens per image, kept with their (1, 256, H) image axis
             feats = inner.get_image_features(pixels, return_dict=True).pooler_output.unsqueeze(1)
         for key, prompt, feat in zip(keys, prompts, feats, strict=True):
+            _check_placeholders(key, prompt["input_ids"], inner.config.image_token_id, feat.shape[-2])
             entry = {k: v for k, v in prompt.items() if k not in PIXEL_KEYS}
             entry["pixel_values"] = feat.to("cpu").pin_memory() if self.offload else feat.clone()
             self.entries[key] = entry
@@ -154,6 +181,14 @@ class FeatureCache:
 
     def gib(self) -> float:
         return sum(e["pixel_values"].numel() * e["pixel_values"].element_size() for e in self.entries.values()) / 2**30
+
+
+def _check_placeholders(key: str, input_ids: torch.Tensor, image_token_id: int, n_features: int) -> None:
+    """The prompt has one image placeholder per feature vector (what the model's forward would check each step)."""
+    n_tokens = int((input_ids == image_token_id).sum())
+    if n_tokens != n_features:
+        raise ValueError(f"image {key}: the prompt has {n_tokens} image tokens but the vision tower gave "
+                         f"{n_features} features; the processor and the model config disagree")
 
 
 def new_cache(cfg, model, loaded, fmt: ChatFormat, n_images: int) -> FeatureCache:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -235,27 +234,8 @@ def step_context(model, cached: bool, fused: bool, compiled: bool = False):
     from trainer.fused import fused_training
 
     with (image_features_passthrough(model) if cached else contextlib.nullcontext()), \
-            fused_training(model, fused, compiled), (_no_device_checks() if cached else contextlib.nullcontext()):
+            fused_training(model, fused, compiled):
         yield
-
-
-@contextlib.contextmanager
-def _no_device_checks():
-    """transformers' input checks off (its documented TRANSFORMERS_DISABLE_TORCH_CHECK) for the fast path's steps.
-
-    Gemma's forward checks that the image placeholder count matches the features by reading a GPU value, which
-    makes the host wait for the GPU at the start of every forward. The fast path's batches come from the same
-    prompts the baseline eval already ran through the checked forward, and their image features from the cache.
-    """
-    key, saved = "TRANSFORMERS_DISABLE_TORCH_CHECK", os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")
-    os.environ[key] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ[key]
-        else:
-            os.environ[key] = saved
 
 
 def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, sched, total: int,

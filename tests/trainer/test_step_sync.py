@@ -1,24 +1,24 @@
 """The training step never makes the host wait for the GPU, and what it computes is unchanged.
 
 Answer positions are found on the host (a `nonzero` on the GPU would wait for the forward pass), batches are
-copied asynchronously, transformers' GPU-reading input checks are off inside the fast step, and a step's loss is
-read only once the next step is queued. Each piece is checked against what it replaces.
+copied asynchronously, Gemma 3's placeholder count is checked once per image on the host instead of on the GPU
+every forward, and a step's loss is read only once the next step is queued. Each piece is checked against what it
+replaces.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 
 import pytest
 import torch
 
-from trainer.collate import IGNORE, build_chat_format
+from trainer.collate import IGNORE, build_chat_format, encode_prompt
 from trainer.config import TrainConfig
 from trainer.data import load_splits
 from trainer.events import ListSink
-from trainer.features import FeatureCache, image_features_passthrough
+from trainer.features import FeatureCache, image_features_passthrough, inner_model
 from trainer.model import apply_lora
 from trainer.train import (
     ANSWER_ROWS,
@@ -26,7 +26,6 @@ from trainer.train import (
     _Reporter,
     answer_loss_sum,
     answer_rows,
-    step_context,
     to_device,
 )
 
@@ -96,12 +95,30 @@ def test_every_step_is_reported_in_order_once_flushed():
     assert state.step == 13 and sink.events[-1]["eta_s"] == 0
 
 
-def test_transformers_input_checks_are_off_only_inside_the_fast_step(tiny_gemma3):
-    model = apply_lora(copy.deepcopy(tiny_gemma3[0]), TrainConfig())
-    key = "TRANSFORMERS_DISABLE_TORCH_CHECK"
-    assert key not in os.environ
-    with step_context(model, cached=True, fused=True):
-        assert os.environ[key] == "1"
-    assert key not in os.environ
-    with step_context(model, cached=False, fused=False):  # the plain reference path keeps them
-        assert key not in os.environ
+def test_gemma3_placeholder_mask_stand_in_gives_the_same_mask_and_only_inside_the_block(tiny_gemma3):
+    model, processor = tiny_gemma3
+    inner = inner_model(model)
+    token = inner.config.image_token_id
+    input_ids = torch.tensor([[1, token, token, 5], [token, token, 7, 8]])
+    embeds, features = torch.zeros(2, 4, 3), torch.zeros(2, 2, 3)
+    expected = inner.get_placeholder_mask(input_ids, inputs_embeds=embeds, image_features=features)
+    with image_features_passthrough(model):
+        assert torch.equal(inner.get_placeholder_mask(input_ids, inputs_embeds=embeds, image_features=features),
+                           expected)
+    assert "get_placeholder_mask" not in vars(inner)  # the model's own method again
+
+
+@pytest.mark.parametrize("name", ["tiny_gemma3", "tiny_gemma4"])
+def test_a_prompt_whose_placeholders_do_not_match_its_features_fails_when_cached(request, name):
+    model, processor = request.getfixturevalue(name)
+    fmt = build_chat_format(processor, "list")
+    example = load_splits("builtin:synthetic-pets").train[0]
+    prompt = encode_prompt(processor, fmt, example.open())
+    cache = FeatureCache(model, processor, fmt, torch.device("cpu"))
+    cache.add(["fine"], [prompt])  # the processor's own prompt matches
+    token = inner_model(model).config.image_token_id
+    ids = prompt["input_ids"].clone()
+    ids[0, (ids[0] == token).nonzero()[0]] = processor.tokenizer.pad_token_id  # one placeholder fewer
+    with pytest.raises(ValueError, match="image broken: the prompt has .* image tokens but"):
+        cache.add(["broken"], [{**prompt, "input_ids": ids}])
+    assert "broken" not in cache
