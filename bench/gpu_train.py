@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [os.environ.get("BENCH_TRAINER_ROOT", str(ROOT)), str(ROOT), str(ROOT / "bench")]
 
 from gpu_matrix import environment, measure_peak_tflops, print_table, run_matrix  # noqa: E402
+from gpu_probes import profile_steps, step_walls, stop_startup_profile_at_first_step, train_timeline  # noqa: E402
 
 DEFAULT_MATRIX = ("gemma-3-4b:lora,gemma-3-4b:qlora,gemma-4-E4B:lora,gemma-4-E4B:qlora,gemma-3-12b:lora,"
                   "gemma-3-27b:qlora,gemma-4-31B:qlora,gemma-3-27b:lora")
@@ -156,9 +157,9 @@ def run_one(args) -> dict:
     _install_hooks(args, spec, work, marks)
     _generate_full_length(marks)
     if globals().get("STARTUP_PROFILE"):
-        _stop_startup_profile_at_first_step(Path(args.out) / args.one.replace(":", "-"))
+        stop_startup_profile_at_first_step(STARTUP_PROFILE, Path(args.out) / args.one.replace(":", "-"))
     if args.profile_steps:
-        _profile_steps(marks, [int(s) for s in args.profile_steps.split(",")], Path(args.out) / args.one.replace(":", "-"))
+        profile_steps(marks, [int(s) for s in args.profile_steps.split(",")], Path(args.out) / args.one.replace(":", "-"))
     model_id = f"builtin:{name}" if args.tiny else (args.model_dir or f"bench:{name}")
     cfg = TrainConfig(model_id=model_id, dataset=str(work / "pets"), output_dir=str(work / f"run-{name}-{mode}"),
                       train_size=args.train_size, eval_size=args.eval_size, num_epochs=args.epochs,
@@ -169,71 +170,6 @@ def run_one(args) -> dict:
     marks["run_entry"] = time.time()  # process start -> here: interpreter, imports, hooks
     run(cfg, sink)
     return summarise(cfg, sink.events, marks, t_proc, name, mode)
-
-
-def _stop_startup_profile_at_first_step(out: Path) -> None:
-    """Write the start-up cProfile (process start -> first optimizer step begins), cumulative and own time."""
-    import io
-    import pstats
-
-    import trainer.train as train_mod
-
-    real = train_mod._optimizer_step
-
-    def first(*a, **k):
-        train_mod._optimizer_step = real
-        STARTUP_PROFILE.disable()
-        text = io.StringIO()
-        stats = pstats.Stats(STARTUP_PROFILE, stream=text)
-        stats.sort_stats("cumulative").print_stats(70)
-        stats.sort_stats("tottime").print_stats(30)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "startup_profile.txt").write_text(text.getvalue())
-        return real(*a, **k)
-
-    train_mod._optimizer_step = first
-
-
-def _profile_steps(marks: dict, starts: list[int], out: Path) -> None:
-    """torch.profiler over optimizer steps s and s+1 for each s in `starts` (1-based): wall vs GPU kernel time.
-
-    What the GPU was busy with and for how long against the steps' wall time: the difference is host work the
-    GPU waited for (batch preparation, syncs, launches). The CPU-side table is written to $OUT.
-    """
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    import trainer.train as train_mod
-
-    real, state = train_mod._optimizer_step, {"n": 0, "prof": None}
-    cuda = torch.cuda.is_available()
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-
-    def profiled(*a, **k):
-        state["n"] += 1
-        n = state["n"]
-        if n in starts:
-            sync()
-            state["prof"], state["t"] = profile(activities=acts), time.time()
-            state["prof"].__enter__()
-        result = real(*a, **k)
-        if state["prof"] is not None and n - 1 in starts:
-            sync()
-            wall = time.time() - state["t"]
-            prof, state["prof"] = state["prof"], None
-            prof.__exit__(None, None, None)
-            kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
-            busy = sum(e.device_time for e in kernels) / 1e3
-            marks.setdefault("step_profiles", []).append(
-                {"steps": [n - 1, n], "wall_ms": 1e3 * wall / 2, "gpu_kernel_ms": busy / 2,
-                 "kernels_per_step": len(kernels) / 2})
-            out.mkdir(parents=True, exist_ok=True)
-            (out / f"profile_steps_{n - 1}.txt").write_text(
-                prof.key_averages().table(sort_by="cpu_time_total", row_limit=45, max_name_column_width=80))
-        return result
-
-    train_mod._optimizer_step = profiled
 
 
 def _generate_full_length(marks: dict) -> None:
@@ -289,49 +225,12 @@ def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mo
         "generated_ids_per_call": marks.get("new_tokens"),
         "events": _notable(events),
         "train_timeline": train_timeline(events, marks),
-        "step_ms": _step_walls(events, marks),
+        "step_ms": step_walls(events, marks),
         "final_loss": steps[-1]["loss"],
         "config": cfg.to_dict(),
     }
     result |= mfu(marks, shapes, events, samples, train_s)
     return result
-
-
-def train_timeline(events: list[dict], marks: dict) -> dict:
-    """Where the training phase's wall time went: first step, steps of the first epoch (which encode the images)
-    and of the later ones, checkpoint writes, and what is left before and after the steps."""
-    steps = [e for e in events if e["event"] == "step"]
-    if not steps:
-        return {}
-    t0, gaps, ckpt = marks["train_start"], {}, 0.0
-    prev = t0
-    for e in events:
-        if e["t"] < t0 or e["event"] not in ("step", "checkpoint"):
-            continue
-        if e["event"] == "checkpoint":
-            ckpt += e["t"] - prev
-        else:
-            epoch = "first_step" if e is steps[0] else ("epoch1" if e["epoch"] <= 1 else "later")
-            gaps[epoch] = gaps.get(epoch, 0.0) + e["t"] - prev
-        prev = e["t"]
-    counts = {"epoch1": sum(1 for e in steps[1:] if e["epoch"] <= 1), "later": sum(1 for e in steps if e["epoch"] > 1)}
-    return {**{f"{k}_s": round(v, 2) for k, v in gaps.items()}, "checkpoints_s": round(ckpt, 2),
-            "after_last_step_s": round(marks["train_end"] - prev, 2),
-            **{f"{k}_ms_per_step": round(1e3 * gaps.get(k, 0) / n, 1) for k, n in counts.items() if n}}
-
-
-def _step_walls(events: list[dict], marks: dict) -> list:
-    """Wall ms between consecutive step events (the first from the start of training); "C" marks a checkpoint."""
-    out, prev = [], marks.get("train_start")
-    for e in events:
-        if prev is None or e["t"] < marks.get("train_start", 0) or e["event"] not in ("step", "checkpoint"):
-            continue
-        if e["event"] == "checkpoint":
-            out.append("C")
-            continue
-        out.append(round(1e3 * (e["t"] - prev)))
-        prev = e["t"]
-    return out
 
 
 def _run_timings(cfg) -> dict:

@@ -40,3 +40,16 @@ def test_generation_runs_to_max_new_tokens_even_when_the_model_emits_a_stop_toke
     assert marks["new_tokens"] == [12]
     assert all(t for t in texts)
     sys.modules.pop("gpu_train", None)
+
+
+def test_step_walls_time_each_step_from_the_previous_one_and_mark_checkpoints(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    from gpu_probes import step_walls, train_timeline
+
+    events = [{"event": "start", "t": 0.5}, {"event": "step", "t": 1.5, "epoch": 0.5},
+              {"event": "step", "t": 1.75, "epoch": 1.0}, {"event": "checkpoint", "t": 1.8},
+              {"event": "step", "t": 2.0, "epoch": 1.5}]
+    marks = {"train_start": 1.0, "train_end": 2.0}
+    assert step_walls(events, marks) == [500, 250, "C", 250]
+    timeline = train_timeline(events, marks)
+    assert timeline["first_step_s"] == 0.5 and timeline["later_ms_per_step"] == 200.0

@@ -1,0 +1,111 @@
+"""Probes the GPU benchmark adds to a trainer run: step profiles, step wall times, the training-phase timeline and
+a start-up cProfile (bench/gpu_train.py; bench/README.md says how to read them)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def stop_startup_profile_at_first_step(profile, out: Path) -> None:
+    """Write the start-up cProfile (process start -> first optimizer step begins), cumulative and own time."""
+    import io
+    import pstats
+
+    import trainer.train as train_mod
+
+    real, done = train_mod._optimizer_step, []
+
+    def first(*a, **k):
+        if done:  # a flag, not unwrapping: other probes may have wrapped this one since
+            return real(*a, **k)
+        done.append(True)
+        profile.disable()
+        text = io.StringIO()
+        stats = pstats.Stats(profile, stream=text)
+        stats.sort_stats("cumulative").print_stats(70)
+        stats.sort_stats("tottime").print_stats(30)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "startup_profile.txt").write_text(text.getvalue())
+        return real(*a, **k)
+
+    train_mod._optimizer_step = first
+
+
+def profile_steps(marks: dict, starts: list[int], out: Path) -> None:
+    """torch.profiler over optimizer steps s and s+1 for each s in `starts` (1-based): wall vs GPU kernel time.
+
+    What the GPU was busy with and for how long against the steps' wall time: the difference is host work the
+    GPU waited for (batch preparation, syncs, launches). The CPU-side table is written to $OUT.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import trainer.train as train_mod
+
+    real, state = train_mod._optimizer_step, {"n": 0, "prof": None}
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+
+    def profiled(*a, **k):
+        state["n"] += 1
+        n = state["n"]
+        if n in starts:
+            sync()
+            state["prof"], state["t"] = profile(activities=acts), time.time()
+            state["prof"].__enter__()
+        result = real(*a, **k)
+        if state["prof"] is not None and n - 1 in starts:
+            sync()
+            wall = time.time() - state["t"]
+            prof, state["prof"] = state["prof"], None
+            prof.__exit__(None, None, None)
+            kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+            busy = sum(e.device_time for e in kernels) / 1e3
+            marks.setdefault("step_profiles", []).append(
+                {"steps": [n - 1, n], "wall_ms": 1e3 * wall / 2, "gpu_kernel_ms": busy / 2,
+                 "kernels_per_step": len(kernels) / 2})
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"profile_steps_{n - 1}.txt").write_text(
+                prof.key_averages().table(sort_by="cpu_time_total", row_limit=45, max_name_column_width=80))
+        return result
+
+    train_mod._optimizer_step = profiled
+
+
+def train_timeline(events: list[dict], marks: dict) -> dict:
+    """Where the training phase's wall time went: first step, steps of the first epoch (which encode the images)
+    and of the later ones, checkpoint writes, and what is left before and after the steps."""
+    steps = [e for e in events if e["event"] == "step"]
+    if not steps:
+        return {}
+    t0, gaps, ckpt = marks["train_start"], {}, 0.0
+    prev = t0
+    for e in events:
+        if e["t"] < t0 or e["event"] not in ("step", "checkpoint"):
+            continue
+        if e["event"] == "checkpoint":
+            ckpt += e["t"] - prev
+        else:
+            epoch = "first_step" if e is steps[0] else ("epoch1" if e["epoch"] <= 1 else "later")
+            gaps[epoch] = gaps.get(epoch, 0.0) + e["t"] - prev
+        prev = e["t"]
+    counts = {"epoch1": sum(1 for e in steps[1:] if e["epoch"] <= 1), "later": sum(1 for e in steps if e["epoch"] > 1)}
+    return {**{f"{k}_s": round(v, 2) for k, v in gaps.items()}, "checkpoints_s": round(ckpt, 2),
+            "after_last_step_s": round(marks["train_end"] - prev, 2),
+            **{f"{k}_ms_per_step": round(1e3 * gaps.get(k, 0) / n, 1) for k, n in counts.items() if n}}
+
+
+def step_walls(events: list[dict], marks: dict) -> list:
+    """Wall ms between consecutive step events (the first from the start of training); "C" marks a checkpoint."""
+    out, prev = [], marks.get("train_start")
+    for e in events:
+        if prev is None or e["t"] < marks.get("train_start", 0) or e["event"] not in ("step", "checkpoint"):
+            continue
+        if e["event"] == "checkpoint":
+            out.append("C")
+            continue
+        out.append(round(1e3 * (e["t"] - prev)))
+        prev = e["t"]
+    return out
