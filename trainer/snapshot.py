@@ -7,8 +7,8 @@ takes 0.3 s. So the trainer queues copies of the state into pinned host memory b
 in stream order, after the step's update and before the next one's; the host does not wait) and a background
 thread waits for them, then writes through trainer.checkpoint (step dir, then the COMPLETE marker); the next
 checkpoint and the end of training wait for it, and a failed write is raised there. (Copied one by one into
-pageable memory, the ~1,000 tensors made the host wait ~1,000 times: measured 0.5-1.5 s per checkpoint.) A task killed mid-write leaves no marker: resume uses
-the previous checkpoint, as before.
+pageable memory, the ~1,000 tensors made the host wait ~1,000 times: measured 0.5-1.5 s per checkpoint.) A task
+killed mid-write leaves no marker: resume uses the previous checkpoint, as before.
 """
 
 from __future__ import annotations
