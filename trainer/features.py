@@ -188,7 +188,7 @@ def _check_placeholders(key: str, input_ids: torch.Tensor, image_token_id: int, 
     n_tokens = int((input_ids == image_token_id).sum())
     if n_tokens != n_features:
         raise ValueError(f"image {key}: the prompt has {n_tokens} image tokens but the vision tower gave "
-                         f"{n_features} features; the processor and the model config disagree")
+                         f"{n_features} features; use the processor saved with this model (its image settings disagree)")
 
 
 def new_cache(cfg, model, loaded, fmt: ChatFormat, n_images: int) -> FeatureCache:

@@ -257,12 +257,12 @@ def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, s
         for indices, micro_batches in zip(steps, batches, strict=True):
             loss, plan = _optimizer_step(model, micro_batches, plan, opt, sched, cfg, device,
                                          first=report.queued == 0)
-            step = report.first_step + report.queued + 1
-            report.queue(step, loss, len(indices), sched.get_last_lr()[0])
+            step = report.queue(loss, len(indices), sched.get_last_lr()[0])
+            first = step == report.first_step + 1
             checkpoint = step == total or (cfg.save_steps and step % cfg.save_steps == 0)
-            if step == report.first_step + 1 or checkpoint:
+            if first or checkpoint:
                 report.flush()
-            if plan.compile_cache is not None and step == report.first_step + 1:
+            if plan.compile_cache is not None and first:
                 _save_compiled(plan.compile_cache)  # now, not at the end: a killed task's retry starts warm
             if checkpoint:
                 checkpoints.save(step, snapshot(model, opt, sched, step, state.losses))
@@ -283,10 +283,13 @@ class _Reporter:
         self.first_step, self.queued, self.pending = state.step, 0, []
         self.started = self.last = time.perf_counter()
 
-    def queue(self, step: int, loss: torch.Tensor, samples: int, lr: float) -> None:
+    def queue(self, loss: torch.Tensor, samples: int, lr: float) -> int:
+        """Read the steps queued before, then queue this one; returns its step number."""
         self.flush()
-        self.pending.append((step, loss, samples, lr))
         self.queued += 1
+        step = self.first_step + self.queued
+        self.pending.append((step, loss, samples, lr))
+        return step
 
     def flush(self) -> None:
         for step, loss_t, samples, lr in self.pending:

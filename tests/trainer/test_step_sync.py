@@ -77,11 +77,11 @@ def test_the_loss_and_gradients_with_host_rows_equal_those_found_on_the_device(r
 def test_a_non_finite_loss_stops_training_at_its_own_step_though_read_one_step_late():
     sink, state = ListSink(), TrainState()
     report = _Reporter(sink, state, total=5, steps_per_epoch=5, learning_rate=1e-4)
-    report.queue(1, torch.tensor(2.0), 16, 1e-4)
-    report.queue(2, torch.tensor(math.nan), 16, 1e-4)
+    assert report.queue(torch.tensor(2.0), 16, 1e-4) == 1
+    assert report.queue(torch.tensor(math.nan), 16, 1e-4) == 2
     assert [e["step"] for e in sink.events] == [1] and state.step == 1  # step 2 is queued, not read yet
     with pytest.raises(FloatingPointError, match="at step 2; lower --learning-rate"):
-        report.queue(3, torch.tensor(1.0), 16, 1e-4)
+        report.queue(torch.tensor(1.0), 16, 1e-4)
     assert state.losses == [{"step": 1, "loss": 2.0}]
 
 
@@ -89,7 +89,7 @@ def test_every_step_is_reported_in_order_once_flushed():
     sink, state = ListSink(), TrainState(step=10)  # a resumed run
     report = _Reporter(sink, state, total=13, steps_per_epoch=4, learning_rate=1e-4)
     for step in (11, 12, 13):
-        report.queue(step, torch.tensor(float(step)), 8, 1e-4)
+        assert report.queue(torch.tensor(float(step)), 8, 1e-4) == step
     report.flush()
     assert [(e["step"], e["loss"]) for e in sink.events] == [(11, 11.0), (12, 12.0), (13, 13.0)]
     assert state.step == 13 and sink.events[-1]["eta_s"] == 0
