@@ -315,7 +315,8 @@ def _optimizer_step(model, micro_batches: list[dict], plan: StepPlan, opt, sched
         loss, plan = _first_compiled_step(model, micro_batches, plan, device)
     else:
         loss = run_step(model, micro_batches, plan, device)
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+    # the optimizer's own list: collecting trainable parameters from the model walks every module each step
+    torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], cfg.max_grad_norm)
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)

@@ -143,3 +143,20 @@ def test_a_copied_model_runs_its_own_fused_forwards(request):
         with twin.disable_adapter():
             base = plain_loss_sum(twin, batch).item()
     assert fused == pytest.approx(base, rel=1e-5)
+
+
+def test_the_modules_to_patch_are_found_once_per_model(request, monkeypatch):
+    import trainer.fused
+
+    model, batch = _lora_model(request, "tiny_gemma3", dropout=0.0)
+    scans = []
+    real = trainer.fused.fusable
+    monkeypatch.setattr(trainer.fused, "fusable", lambda m: scans.append(m) or real(m))
+    for _ in range(3):  # the trainer enters the block once per step: walking every module each time cost ~35 ms
+        with torch.no_grad(), fused_training(model):
+            plain_loss_sum(model, batch)
+    assert len(scans) == 1
+    copied = copy.deepcopy(model)
+    with fused_training(copied):
+        assert all("forward" in vars(m) for m, _ in real(copied))
+    assert len(scans) == 2
