@@ -109,3 +109,41 @@ def step_walls(events: list[dict], marks: dict) -> list:
         out.append(round(1e3 * (e["t"] - prev)))
         prev = e["t"]
     return out
+
+
+def host_split(marks: dict) -> None:
+    """Per step, the host's time issuing the step (`_optimizer_step` returns once its kernels are queued) and
+    waiting for the GPU (reading the previous step's loss in `_Reporter.flush`). A host that waits is ahead of the
+    GPU, which is then the limit; one that never waits is the limit itself (summary: `host_split_summary`)."""
+    import trainer.train as train_mod
+
+    rec = marks.setdefault("host_split", {"issue": [], "wait": []})
+    real_step, real_flush = train_mod._optimizer_step, train_mod._Reporter.flush
+
+    def step(*a, **k):
+        t = time.perf_counter()
+        result = real_step(*a, **k)
+        rec["issue"].append(time.perf_counter() - t)
+        return result
+
+    def flush(self):
+        t, pending = time.perf_counter(), bool(self.pending)
+        real_flush(self)
+        if pending:
+            rec["wait"].append(time.perf_counter() - t)
+
+    train_mod._optimizer_step, train_mod._Reporter.flush = step, flush
+
+
+def host_split_summary(marks: dict) -> dict:
+    """Median ms per step over the last two thirds of the steps (the first epoch encodes images)."""
+    import statistics
+
+    rec = marks.get("host_split") or {}
+    out = {}
+    for key in ("issue", "wait"):
+        values = rec.get(key) or []
+        tail = values[len(values) // 3:]
+        if tail:
+            out[f"{key}_ms"] = round(1e3 * statistics.median(tail), 1)
+    return out

@@ -69,17 +69,22 @@ def build(args):
     return model, processor, batch
 
 
+_ANSWER_TOKENS: dict[int, int] = {}
+
+
 def step_fn(model, batch, opt, ctx):
     """One optimizer step of the fast path (answer-only loss on cached features); returns the loss tensor."""
     import torch
 
     from trainer.train import answer_loss_sum, answer_tokens, step_context
 
-    n = answer_tokens(batch)
+    if id(batch) not in _ANSWER_TOKENS:  # read once: the trainer counts on the host (no wait for the GPU)
+        _ANSWER_TOKENS[id(batch)] = answer_tokens(batch)
+    n = _ANSWER_TOKENS[id(batch)]
     with step_context(model, True, False), ctx():
         loss = answer_loss_sum(model, batch)
     (loss / n).backward()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], 1.0)  # as trainer
     opt.step()
     opt.zero_grad(set_to_none=True)
     return loss.detach() / n
@@ -100,15 +105,28 @@ def apply_variant(name: str, model, state: dict):
         from trainer.fused import fused_training
 
         state["ctx"] = lambda: fused_training(model)
-    elif name in ("fused_compile", "fused_compile_static"):  # trainer.fused's compiled layers (--compile on)
+    elif name in ("fused_compile", "fused_compile_static", "fused_graphs"):  # trainer.fused's compiled layers
         import trainer.fused
         from trainer.fused import decoder_layers, fused_training
 
         torch._dynamo.reset()
+        trainer.fused._PATCHES.pop(model, None)  # the layers' compiled calls are found again
+        trainer.fused.DYNAMIC = name == "fused_compile"  # _static: shapes fixed, the upper bound
+        graphs = name == "fused_graphs"  # + CUDA graphs over the compiled layers (tried, not kept: BENCHMARKS.md)
         for layer in decoder_layers(model):
             layer.__dict__.pop("_gemmactl_compiled", None)
-        trainer.fused.DYNAMIC = name == "fused_compile"  # _static: shapes fixed, the upper bound
-        state["ctx"] = lambda: fused_training(model, compiled=True)
+            if graphs:  # what fused_training's compiled_layers makes, in inductor's "reduce-overhead" mode
+                layer.__dict__["_gemmactl_compiled"] = torch.compile(layer._call_impl, dynamic=False,
+                                                                     mode="reduce-overhead")
+
+        @contextlib.contextmanager
+        def ctx():
+            if graphs:  # the last step's graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
+            with fused_training(model, compiled=True):
+                yield
+
+        state["ctx"] = ctx
     elif name == "amp":  # peft's layers with bf16 adapter compute: autocast, no fp32 input cast
         for m in lora_modules(model):
             m.cast_input_dtype_enabled = False
@@ -125,6 +143,12 @@ def apply_variant(name: str, model, state: dict):
         for m in model.modules():
             if type(m).__name__ == "Gemma3RMSNorm":
                 m.forward = norm_forward(m, 1.0)
+    elif name == "nogc":  # Python's cyclic GC off while stepping (everything made so far frozen first)
+        import gc
+
+        gc.collect()
+        gc.freeze()
+        gc.disable()
     elif name == "nodropout":
         for m in lora_modules(model):
             for key in list(m.lora_dropout):
@@ -158,16 +182,63 @@ def time_variant(model, batch, opt, ctx, steps: int, warmup: int) -> dict:
     sync()
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, issued = [], []
     for _ in range(steps):
         t = time.perf_counter()
         step_fn(model, batch, opt, ctx)
+        issued.append(time.perf_counter() - t)  # the host's share: the step is queued, not yet run
         sync()
         times.append(time.perf_counter() - t)
-    times.sort()
-    peak = torch.cuda.max_memory_allocated() / 2**30 if model.device.type == "cuda" else None
+    times.sort(), issued.sort()
+    cuda = model.device.type == "cuda"
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     return {"first_loss": first, "check_loss": last, "first_step_s": first_s, "step_s": times[len(times) // 2],
-            "step_s_min": times[0], "peak_gib": peak}
+            "step_s_min": times[0], "issue_s": issued[len(issued) // 2], "peak_gib": peak,
+            "reserved_gib": torch.cuda.memory_reserved() / 2**30 if cuda else None}
+
+
+def rng_losses(model, batch, opt, ctx, steps: int = 4) -> list[float]:
+    """Losses of `steps` steps at learning rate 0 from one seed, with LoRA B set to fixed random values (at its
+    zero init dropout would not reach the loss): the weights stay put and each step draws new dropout masks, so two
+    variants give the same list only if they draw the same masks (to rounding)."""
+    import torch
+
+    b_weights = [m.lora_B[k].weight for m in lora_modules(model) for k in m.lora_B]
+    saved, lrs = [w.detach().clone() for w in b_weights], [g["lr"] for g in opt.param_groups]
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for w in b_weights:
+            w.copy_(torch.randn(w.shape, generator=gen) * 0.02)
+    for g in opt.param_groups:
+        g["lr"] = 0.0
+    torch.manual_seed(123)
+    losses = [float(step_fn(model, batch, opt, ctx)) for _ in range(steps)]
+    for g, lr in zip(opt.param_groups, lrs, strict=True):
+        g["lr"] = lr
+    with torch.no_grad():
+        for w, w0 in zip(b_weights, saved, strict=True):
+            w.copy_(w0)
+    return losses
+
+
+def cprofile_variant(model, batch, opt, ctx, out: Path, name: str, steps: int = 4) -> None:
+    """Where the host's time goes over `steps` steps, by Python function (cProfile, sorted by own time)."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        step_fn(model, batch, opt, ctx)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(45)
+    (out / f"cprofile_{name}.txt").write_text(text.getvalue())
 
 
 def profile_variant(model, batch, opt, ctx, out: Path, name: str) -> dict:
@@ -226,13 +297,18 @@ def run_steps(args) -> list[dict]:
             for p, p0 in zip(params, init, strict=True):
                 p.copy_(p0)
         opt = torch.optim.AdamW(params, lr=1e-3, fused=args.device == "cuda" or None)
-        row = {"variant": name, **time_variant(model, batch, opt, ctx, args.steps, args.warmup)}
+        row = {"variant": name}
+        if args.rng_check:  # from the shared start, before any update: only the masks can differ
+            row["rng_losses"] = rng_losses(model, batch, opt, ctx)
+        row.update(time_variant(model, batch, opt, ctx, args.steps, args.warmup))
         base_loss = row["check_loss"] if base_loss is None else base_loss
         row["loss_rel_diff"] = abs(row["check_loss"] - base_loss) / abs(base_loss)
         row["samples_per_s"] = args.batch / row["step_s"]
         row["text_mfu"] = flops / row["step_s"] / peak
         if name in args.profile.split(","):
             row["profile_ms"] = profile_variant(model, batch, opt, ctx, out, name)
+        if name in args.cprofile.split(","):
+            cprofile_variant(model, batch, opt, ctx, out, name)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.save_cache:
@@ -243,9 +319,11 @@ def run_steps(args) -> list[dict]:
     tokens = int(batch["attention_mask"].sum())
     (out / "steps.json").write_text(json.dumps({"args": vars(args), "tokens": tokens, "rows": rows}, indent=1))
     print(f"\n{args.model} micro-batch {args.batch}, {tokens} tokens, {flops / 1e12:.1f} TFLOP per step")
-    print(f"{'variant':10} {'step ms':>8} {'1st s':>7} {'samples/s':>9} {'MFU':>6} {'peak GiB':>8} {'loss diff':>9}")
+    print(f"{'variant':10} {'step ms':>8} {'host ms':>8} {'1st s':>7} {'samples/s':>9} {'MFU':>6} {'peak GiB':>8} "
+          f"{'loss diff':>9}")
     for r in rows:
-        print(f"{r['variant']:10} {r['step_s'] * 1e3:8.1f} {r['first_step_s']:7.2f} {r['samples_per_s']:9.2f} "
+        print(f"{r['variant']:10} {r['step_s'] * 1e3:8.1f} {r['issue_s'] * 1e3:8.1f} {r['first_step_s']:7.2f} "
+              f"{r['samples_per_s']:9.2f} "
               f"{r['text_mfu'] * 100:5.1f}% {r['peak_gib'] or 0:8.2f} {r['loss_rel_diff']:9.1e}  {r.get('profile_ms', '')}")
     return rows
 
@@ -305,6 +383,8 @@ def main() -> int:
     p.add_argument("--lora-dropout", type=float, default=0.05)
     p.add_argument("--variants", default="peft,fused,nodropout")
     p.add_argument("--profile", default="", help="comma list of variants to profile")
+    p.add_argument("--rng-check", action="store_true", help="per variant, 4 losses at lr 0 (same masks?)")
+    p.add_argument("--cprofile", default="", help="comma list of variants to cProfile (host time by function)")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--tiny", action="store_true")

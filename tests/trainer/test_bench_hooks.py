@@ -53,3 +53,38 @@ def test_step_walls_time_each_step_from_the_previous_one_and_mark_checkpoints(mo
     assert step_walls(events, marks) == [500, 250, "C", 250]
     timeline = train_timeline(events, marks)
     assert timeline["first_step_s"] == 0.5 and timeline["later_ms_per_step"] == 200.0
+
+
+def test_the_host_split_probe_times_issuing_each_step_and_waiting_for_the_one_before(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    from gpu_probes import host_split, host_split_summary
+
+    import trainer.train as train_mod
+
+    monkeypatch.setattr(train_mod, "_optimizer_step", lambda *a, **k: "queued")
+    monkeypatch.setattr(train_mod._Reporter, "flush", lambda self: self.pending.clear())
+    marks: dict = {}
+    host_split(marks)
+    reporter = train_mod._Reporter.__new__(train_mod._Reporter)
+    for _ in range(3):
+        assert train_mod._optimizer_step() == "queued"
+        reporter.pending = ["a step"]
+        reporter.flush()
+        reporter.flush()  # nothing pending: not a wait
+    assert len(marks["host_split"]["issue"]) == 3 and len(marks["host_split"]["wait"]) == 3
+    assert set(host_split_summary(marks)) == {"issue_ms", "wait_ms"}
+
+
+def test_image_bytecode_compiles_modules_where_every_later_process_finds_them(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
+    import gpu_train
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("X = 1\n")
+    prefix = tmp_path / "pyc"
+    info = gpu_train.image_bytecode([str(tmp_path / "pkg"), str(tmp_path / "missing")], str(prefix))
+    monkeypatch.delenv("PYTHONPYCACHEPREFIX")  # set for the configurations' processes, not for this one
+    assert info["bytecode_prefix"] == str(prefix)
+    assert list(prefix.rglob("mod.cpython-*.pyc"))
+    sys.modules.pop("gpu_train", None)
