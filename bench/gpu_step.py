@@ -143,7 +143,7 @@ def apply_variant(name: str, model, state: dict):
         for m in model.modules():
             if type(m).__name__ == "Gemma3RMSNorm":
                 m.forward = norm_forward(m, 1.0)
-    elif name == "nogc":  # Python's cyclic GC off while stepping (everything made so far frozen first)
+    elif name == "nogc":  # Python's cyclic GC off (everything made so far frozen first), for every later variant
         import gc
 
         gc.collect()
