@@ -127,6 +127,7 @@ def _from_config_loader(spec, work: Path, marks: dict):
         t = time.time()
         processor = build_processor(spec.family, work)
         model = build_model(spec, processor)
+        _trainer_load_hooks(model)
         if cfg.quantization == "4bit":
             quantize_nf4(model)
         torch.cuda.reset_peak_memory_stats()  # the build held bf16 weights briefly; a 4-bit load would not
@@ -134,6 +135,15 @@ def _from_config_loader(spec, work: Path, marks: dict):
         return Loaded(model, processor, spec.family, torch.device("cuda"))
 
     return load
+
+
+def _trainer_load_hooks(model) -> None:
+    """What the trainer's own loader adds to a loaded model (a trainer checkout without them: nothing)."""
+    try:
+        from trainer.model import contiguous_vision_stream
+    except ImportError:
+        return
+    contiguous_vision_stream(model)
 
 
 def _reset_peak() -> None:

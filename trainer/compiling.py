@@ -70,7 +70,12 @@ def load_cache(path: Path) -> bool:
         why = "unreadable or from another torch"
     if not loaded:
         log(f"compile cache {path} not loaded ({why}); compiling cold")
+    else:
+        _LOADED.add(path)
     return loaded
+
+
+_LOADED: set[Path] = set()  # cache files loaded in this process: torch's loaded artifacts are process-wide too
 
 
 def save_cache(path: Path) -> int:
@@ -83,3 +88,20 @@ def save_cache(path: Path) -> int:
     tmp.write_bytes(saved[0])
     tmp.replace(path)
     return len(saved[0])
+
+
+def compiled_new_artifacts(path: Path) -> bool:
+    """False only if `path` was loaded and every graph this process compiled came from a cache: nothing to add.
+
+    torch counts cache hits and misses; with no hit counted at all (counters renamed in another torch) the answer
+    is True, so a cache is never left unwritten by mistake.
+    """
+    from torch._dynamo.utils import counters
+
+    if path not in _LOADED:  # hits may come from torch's own disk cache (a local machine), not from this file
+        return True
+    hits = counters["aot_autograd"]["autograd_cache_hit"] + counters["inductor"]["fxgraph_cache_hit"]
+    new = sum(counters[group][name] for group, name in (
+        ("aot_autograd", "autograd_cache_miss"), ("aot_autograd", "autograd_cache_bypass"),
+        ("inductor", "fxgraph_cache_miss"), ("inductor", "fxgraph_cache_bypass")))
+    return new > 0 or hits == 0

@@ -2,10 +2,10 @@
 
 LoRA on the language model only (the default `--lora-target language`) leaves the vision tower and projector
 frozen: an image's features are the same in every epoch, in the baseline eval and in the final eval. The cache
-fills lazily - eval images during the baseline eval, training images during the first epoch, as part of the
-steps that first see them (so nothing stalls the first optimizer step) - and every later use skips JPEG decode,
-resize and the vision tower. Decode and resize run in DataLoader workers with pinned memory; the main process
-only ever asks them for images that are not cached yet.
+fills lazily - eval images during the baseline eval, training images during the first epoch, for the steps that
+first see them (encoded ahead of those steps on a thread of their own: trainer.encoding) - and every later use
+skips JPEG decode, resize and the vision tower. Decode and resize run in DataLoader workers with pinned memory,
+only for images that are not cached yet.
 
 Features go back in through the model's own forward: `image_features_passthrough` makes the inner Gemma3Model /
 Gemma4Model take `pixel_values` as already-encoded features, so everything downstream (the placeholder scatter,
@@ -14,6 +14,7 @@ Gemma 3's bidirectional image mask, Gemma 4's per-layer inputs) is the unmodifie
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 
 import torch
@@ -82,7 +83,7 @@ def _host_checked_placeholder_mask(inner):
 
 
 class _Prompts(torch.utils.data.Dataset):
-    """Worker side: decode + resize + tokenise an example, or only name it when its features are cached."""
+    """Worker side: decode + resize + tokenise an example."""
 
     def __init__(self, examples, processor, fmt: ChatFormat):
         self.examples, self.processor, self.fmt = examples, processor, fmt
@@ -90,10 +91,8 @@ class _Prompts(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, item) -> tuple[int, dict | None]:
-        index, decode = item if isinstance(item, tuple) else (item, True)
-        prompt = encode_prompt(self.processor, self.fmt, self.examples[index].open()) if decode else None
-        return index, prompt
+    def __getitem__(self, index: int) -> tuple[int, dict]:
+        return index, encode_prompt(self.processor, self.fmt, self.examples[index].open())
 
 
 def _as_list(items):
@@ -112,24 +111,48 @@ class FeatureCache:
         return key in self.entries
 
     @torch.no_grad()
-    def add(self, keys: list[str], prompts: list[dict[str, torch.Tensor]]) -> None:
-        """Run the vision tower once over these prompts' images and keep their features."""
+    def add(self, keys: list[str], prompts: list[dict[str, torch.Tensor]], stream=None) -> None:
+        """Run the vision tower once over these prompts' images and keep their features.
+
+        `stream`: a side CUDA stream to encode on (the encode-ahead thread); the entries then carry the event that
+        the training stream must wait for before reading them (`wait_ready`).
+        """
         inner = inner_model(self.model)
         dtype = next(p.dtype for p in inner.vision_tower.parameters() if p.is_floating_point())
-        # each image's (pinned) pixels to the GPU first, then cat and cast there: a cat + cast of 16 fp32 896 px images
-        # on the host is ~150 MB of single-threaded work per step, serial with the GPU
-        pixels = torch.cat([p["pixel_values"].to(self.device, non_blocking=True) for p in prompts]).to(dtype)
-        if "image_position_ids" in prompts[0]:  # Gemma 4: variable patch counts, padded rows marked -1
-            positions = torch.cat([p["image_position_ids"] for p in prompts]).to(self.device)
-            feats = inner.get_image_features(pixels, positions, return_dict=True).pooler_output
-        else:  # Gemma 3: a fixed 256 soft tokens per image, kept with their (1, 256, H) image axis
-            feats = inner.get_image_features(pixels, return_dict=True).pooler_output.unsqueeze(1)
-        for key, prompt, feat in zip(keys, prompts, feats, strict=True):
-            _check_placeholders(key, prompt["input_ids"], inner.config.image_token_id, feat.shape[-2])
-            entry = {k: v for k, v in prompt.items() if k not in PIXEL_KEYS}
-            entry["pixel_values"] = feat.to("cpu").pin_memory() if self.offload else feat.clone()
-            self.entries[key] = entry
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            # each image's (pinned) pixels to the GPU first, then cat and cast there: a cat + cast of 16 fp32 896 px
+            # images on the host is ~150 MB of single-threaded work per step, serial with the GPU
+            pixels = torch.cat([p["pixel_values"].to(self.device, non_blocking=True) for p in prompts]).to(dtype)
+            # the class's method: inside a training step an instance attribute stands in for it (passthrough)
+            encode = type(inner).get_image_features
+            if "image_position_ids" in prompts[0]:  # Gemma 4: variable patch counts, padded rows marked -1
+                positions = torch.cat([p["image_position_ids"] for p in prompts]).to(self.device)
+                feats = encode(inner, pixels, positions, return_dict=True).pooler_output
+            else:  # Gemma 3: a fixed 256 soft tokens per image, kept with their (1, 256, H) image axis
+                feats = encode(inner, pixels, return_dict=True).pooler_output.unsqueeze(1)
+            entries = [self._entry(key, prompt, feat) for key, prompt, feat in zip(keys, prompts, feats, strict=True)]
+            ready = _record(stream)
+        for key, entry in zip(keys, entries, strict=True):
+            if ready is not None:
+                entry["ready"] = ready
+            self.entries[key] = entry  # last: a waiting reader sees whole entries only
         self.encoded += len(keys)
+
+    def _entry(self, key: str, prompt: dict[str, torch.Tensor], feat: torch.Tensor) -> dict:
+        inner = inner_model(self.model)
+        _check_placeholders(key, prompt["input_ids"], inner.config.image_token_id, feat.shape[-2])
+        entry = {k: v for k, v in prompt.items() if k not in PIXEL_KEYS}
+        entry["pixel_values"] = feat.to("cpu").pin_memory() if self.offload else feat.clone()
+        return entry
+
+    def wait_ready(self, keys: list[str]) -> None:
+        """Order the current CUDA stream after the encodes of these entries (made on the encode-ahead stream)."""
+        for key in keys:
+            ready = self.entries[key].pop("ready", None)
+            if ready is not None:
+                torch.cuda.current_stream().wait_event(ready)
+                if not self.offload:  # the side stream's pool must not reuse it while this stream may read it
+                    self.entries[key]["pixel_values"].record_stream(torch.cuda.current_stream())
 
     def prompt(self, key: str) -> dict[str, torch.Tensor]:
         entry = self.entries[key]
@@ -152,35 +175,49 @@ class FeatureCache:
                                            pin_memory=self.device.type == "cuda")
 
     def train_batches(self, examples, index_batches, num_workers: int, generator=None,
-                      shape: tuple[int, int] | None = None):
+                      shape: tuple[int, int] | None = None, ahead: bool = False):
         """Padded training micro-batches (prompt + answer, features as pixel_values) for each index list.
 
-        The sampler below runs in the main process, so it knows which images are cached and asks the workers
-        to decode only the others; those are encoded as their batch arrives (the first epoch) and cached.
+        Images not cached yet (the first epoch's) are decoded in DataLoader workers and encoded in the order the
+        batches first need them: on a thread of their own when `ahead` (trainer.encoding: the GPU encodes while
+        the host compiles, prepares or waits), else in line, just before the batch that needs them.
         `shape` (rows, width): every batch padded to it (trainer.collate.fixed_shape_batch), for compiled steps.
         """
-        cache = self
-
-        class _Flagged:
-            def __iter__(self):
-                for batch in index_batches:
-                    yield [(i, examples[i].image_id not in cache) for i in batch]
-
-            def __len__(self):
-                return len(index_batches)
+        from trainer.encoding import Encoder
 
         pad_id = self.processor.tokenizer.pad_token_id
-        for chunk in self._loader(examples, _Flagged(), num_workers, generator):
-            fresh = [(i, p) for i, p in chunk if p is not None and examples[i].image_id not in self]
-            if fresh:
-                self.add([examples[i].image_id for i, _ in fresh], [p for _, p in fresh])
-            samples = [append_answer(self.prompt(examples[i].image_id),
-                                     answer_ids(self.processor.tokenizer, self.fmt, examples[i].label))
-                       for i, _ in chunk]
-            yield fixed_shape_batch(samples, pad_id, *shape) if shape else pad_batch(samples, pad_id)
+        chunks = self._uncached_chunks(examples, index_batches)
+        loader = self._loader(examples, chunks, num_workers, generator) if chunks else None
+        with Encoder(self, examples, loader, threaded=ahead and loader is not None) as encoder:
+            for batch in index_batches:
+                keys = [examples[i].image_id for i in batch]
+                encoder.ensure(keys)
+                samples = [append_answer(self.prompt(key), answer_ids(self.processor.tokenizer, self.fmt,
+                                                                      examples[i].label))
+                           for i, key in zip(batch, keys, strict=True)]
+                yield fixed_shape_batch(samples, pad_id, *shape) if shape else pad_batch(samples, pad_id)
+
+    def _uncached_chunks(self, examples, index_batches) -> list[list[int]]:
+        """The uncached images of each batch that first needs them, in batch order (one encode each)."""
+        seen, chunks = set(), []
+        for batch in index_batches:
+            chunk = [i for i in batch if examples[i].image_id not in self and examples[i].image_id not in seen]
+            seen.update(examples[i].image_id for i in chunk)
+            if chunk:
+                chunks.append(chunk)
+        return chunks
 
     def gib(self) -> float:
         return sum(e["pixel_values"].numel() * e["pixel_values"].element_size() for e in self.entries.values()) / 2**30
+
+
+def _record(stream):
+    """An event recorded on `stream` (None: no side stream, nothing to wait for)."""
+    if stream is None:
+        return None
+    event = torch.cuda.Event()
+    event.record(stream)
+    return event
 
 
 def _check_placeholders(key: str, input_ids: torch.Tensor, image_token_id: int, n_features: int) -> None:

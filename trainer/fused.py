@@ -83,14 +83,21 @@ def norm_forward(module, offset: float) -> Callable:
 
 # ------------------------------------------------------------------------------------------- patching
 def fusable(model) -> Iterator[tuple[torch.nn.Module, Callable[[], Callable]]]:
-    """(module, maker of its fused forward) for every module this file knows how to fuse; the rest is left alone."""
+    """(module, maker of its fused forward) for every module this file knows how to fuse; the rest is left alone.
+
+    Norms only in the language model: the image side (Gemma 3's projector norm, Gemma 4's vision norms) is
+    computed by trainer.features, on a thread of its own while steps run, and must see the same code whether a
+    step is inside this block or not.
+    """
+    text = language_model(model)
+    norms = {id(m) for m in text.modules()} if text is not None else set()
     for module in model.modules():
         kind = type(module).__name__
         if _is_plain_lora(module):
             yield module, partial(lora_forward, module)
-        elif kind == "Gemma3RMSNorm":
+        elif kind == "Gemma3RMSNorm" and id(module) in norms:
             yield module, partial(norm_forward, module, 1.0)
-        elif kind == "Gemma4RMSNorm":
+        elif kind == "Gemma4RMSNorm" and id(module) in norms:
             yield module, partial(norm_forward, module, 0.0)
 
 
@@ -110,12 +117,18 @@ def _once(module, key: str, make: Callable) -> Callable:
     return fn
 
 
-def decoder_layers(model) -> list[torch.nn.Module]:
-    """The language model's decoder layers (the module with both `layers` and `embed_tokens`)."""
+def language_model(model) -> torch.nn.Module | None:
+    """The text decoder (the module with both `layers` and `embed_tokens`), or None."""
     for module in model.modules():
         if hasattr(module, "layers") and hasattr(module, "embed_tokens"):
-            return list(module.layers)
-    return []
+            return module
+    return None
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The language model's decoder layers."""
+    text = language_model(model)
+    return list(text.layers) if text is not None else []
 
 
 DYNAMIC = False  # static shapes (the trainer pads compiled micro-batches to one shape): dynamic-shape graphs took

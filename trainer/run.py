@@ -20,6 +20,7 @@ from trainer.checkpoint import checkpoints_root, latest_checkpoint
 from trainer.collate import TrainSamples, answer_ids, build_chat_format, pad_batch
 from trainer.config import TrainConfig
 from trainer.data import load_splits, select
+from trainer.encoding import choose_encode_ahead
 from trainer.evaluate import evaluate
 from trainer.events import EventSink, hf_token, log
 from trainer.features import frozen_vision, new_cache
@@ -161,10 +162,13 @@ def _plan(cfg: TrainConfig, model, loaded, fmt, samples, train_set, eval_set) ->
                                                   static)
     log(f"torch.compile {'on' if compiled else 'off'}: {compile_why}")
     shape = _compiled_shape(cache, loaded, fmt, train_set, memory.micro_batch) if compiled else None
+    ahead, ahead_why = (choose_encode_ahead(model, memory, loaded.device, memory.micro_batch, cfg.image_budget)
+                        if cache is not None else (False, "no feature cache"))
+    log(f"encode ahead {'on' if ahead else 'off'}: {ahead_why}")
     plan = StepPlan(memory.micro_batch, answer_loss_sum, cache, fused=True, compile_cache=path if compiled else None,
-                    shape=shape)
+                    shape=shape, encode_ahead=ahead)
     return plan, {**memory.event(), "feature_cache": cache is not None, "fused": True, "compile": compiled,
-                  "compile_why": compile_why}
+                  "compile_why": compile_why, "encode_ahead": ahead, "encode_ahead_why": ahead_why}
 
 
 def _compiled_shape(cache, loaded, fmt, train_set, micro_batch: int) -> tuple[int, int] | None:

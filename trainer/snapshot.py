@@ -14,6 +14,7 @@ killed mid-write leaves no marker: resume uses the previous checkpoint, as befor
 from __future__ import annotations
 
 import copy
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -30,21 +31,50 @@ STATE = "trainer_state.pt"
 def _to_host(value):
     """A copy of every tensor in a (nested) state dict in host memory; the rest is copied as is.
 
-    Device tensors go to pinned memory asynchronously: valid once the stream reaches the copies (`snapshot`'s
-    "ready" event)."""
-    if isinstance(value, torch.Tensor):
-        if value.device.type == "cpu":
-            return value.detach().clone()
-        return torch.empty(value.shape, dtype=value.dtype, pin_memory=True).copy_(value.detach(), non_blocking=True)
+    The tensors of each device and dtype are joined into one flat buffer where they are (one kernel) and copied to
+    one host buffer (pinned when it comes from the GPU, asynchronously: valid once the stream reaches the copy,
+    `snapshot`'s "ready" event); the state dict gets views of it. One buffer, the same size at every checkpoint,
+    comes from the pinned-memory cache after the first; ~1,000 small pinned tensors cost the host ~0.5 s each time.
+    """
+    tensors = [t for t in _leaves(value) if isinstance(t, torch.Tensor)]
+    views: dict[int, torch.Tensor] = {}
+    for device, dtype in dict.fromkeys((t.device, t.dtype) for t in tensors):
+        group = list({id(t): t for t in tensors if t.device == device and t.dtype == dtype}.values())
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        host = torch.empty(flat.shape, dtype=dtype, pin_memory=device.type == "cuda")
+        host.copy_(flat, non_blocking=device.type == "cuda")
+        for t, view in zip(group, host.split([t.numel() for t in group]), strict=True):
+            views[id(t)] = view.view(t.shape)
+    return _replaced(value, views)
+
+
+def _leaves(value):
     if isinstance(value, dict):
-        return {k: _to_host(v) for k, v in value.items()}
+        for v in value.values():
+            yield from _leaves(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def _replaced(value, views: dict[int, torch.Tensor]):
+    if isinstance(value, torch.Tensor):
+        return views[id(value)]
+    if isinstance(value, dict):
+        return {k: _replaced(v, views) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_to_host(v) for v in value)
+        return type(value)(_replaced(v, views) for v in value)
     return copy.deepcopy(value)
 
 
 def snapshot(model, opt, sched, step: int, losses: list[dict]) -> dict:
-    """The checkpoint's contents, copied off the training state (which the next step changes)."""
+    """The checkpoint's contents, copied off the training state (which the next step changes).
+
+    `losses` may end with device tensors (steps whose loss the host has not read yet: reading it would make the
+    host wait for the GPU); they are copied with the rest and read by the writer (`write_snapshot`).
+    """
     from peft import get_peft_model_state_dict
 
     config = copy.deepcopy(model.peft_config[model.active_adapter])
@@ -52,7 +82,7 @@ def snapshot(model, opt, sched, step: int, losses: list[dict]) -> dict:
     snap = {
         "adapter": _to_host(get_peft_model_state_dict(model)),
         "config": config,
-        "trainer": {"step": step, "losses": list(losses), "optimizer": _to_host(opt.state_dict()),
+        "trainer": {"step": step, "losses": _to_host(list(losses)), "optimizer": _to_host(opt.state_dict()),
                     "scheduler": _to_host(sched.state_dict()), "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
@@ -68,10 +98,22 @@ def write_snapshot(out_dir: Path, snap: dict) -> None:
 
     if snap.get("ready") is not None:
         snap["ready"].synchronize()  # the queued device-to-host copies have landed
+    trainer = {**snap["trainer"], "losses": _read_losses(snap["trainer"]["losses"])}
     (out_dir / ADAPTER).mkdir(parents=True, exist_ok=True)
-    save_file(snap["adapter"], str(out_dir / ADAPTER / WEIGHTS), metadata={"format": "pt"})
+    # views of one buffer: safetensors refuses tensors that share memory, so each gets its own copy
+    save_file({k: v.clone() for k, v in snap["adapter"].items()}, str(out_dir / ADAPTER / WEIGHTS),
+              metadata={"format": "pt"})
     snap["config"].save_pretrained(str(out_dir / ADAPTER))
-    torch.save(snap["trainer"], out_dir / STATE)
+    torch.save(trainer, out_dir / STATE)
+
+
+def _read_losses(losses: list[dict]) -> list[dict]:
+    """Losses as floats; a checkpoint of a step whose loss is not finite is not written (training stops there)."""
+    out = [{**row, "loss": float(row["loss"])} for row in losses]
+    bad = next((row for row in out if not math.isfinite(row["loss"])), None)
+    if bad is not None:
+        raise FloatingPointError(f"loss is {bad['loss']} at step {bad['step']}: checkpoint not written")
+    return out
 
 
 def load_snapshot(ckpt: Path, model, opt, sched) -> tuple[int, list[dict]]:

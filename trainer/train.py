@@ -167,6 +167,7 @@ class StepPlan:
     fused: bool = False  # trainer.fused: LoRA and RMSNorm in fewer kernels (the same function)
     compile_cache: Path | None = None  # set: decoder layers torch.compiled, artifacts kept in this file
     shape: tuple[int, int] | None = None  # (rows, tokens) every micro-batch is padded to: one compiled graph
+    encode_ahead: bool = False  # first-epoch images encoded on a thread + stream of their own (trainer.encoding)
 
 
 def step_index_lists(n: int, cfg: TrainConfig, first_step: int, total: int) -> list[list[int]]:
@@ -189,7 +190,7 @@ def _step_batches(dataset, examples, processor, cfg: TrainConfig, plan: StepPlan
     # get other dropout masks
     generator = torch.Generator().manual_seed(cfg.seed + first_step)
     if plan.cache is not None:
-        batches = plan.cache.train_batches(examples, flat, cfg.num_workers, generator, plan.shape)
+        batches = plan.cache.train_batches(examples, flat, cfg.num_workers, generator, plan.shape, plan.encode_ahead)
     else:
         workers = cfg.num_workers if device.type == "cuda" else 0  # CPU runs: workers only compete for the cores
         batches = iter(torch.utils.data.DataLoader(
@@ -243,7 +244,8 @@ def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, s
     """Run optimizer steps state.step+1 .. total, emitting step and checkpoint events.
 
     A step's loss is read (which waits for the GPU) only once the next step is queued, so the GPU never idles
-    while the host reports and prepares; the first step, checkpoint steps and the last step are read at once.
+    while the host reports and prepares; the first and the last step are read at once. Checkpoints are copied
+    off in stream order and written by a thread (trainer.snapshot), so they do not wait for the GPU either.
     """
     plan = plan or StepPlan(cfg.batch_size)
     steps = step_index_lists(len(dataset), cfg, state.step, total)
@@ -259,15 +261,16 @@ def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, s
                                          first=report.queued == 0)
             step = report.queue(loss, len(indices), sched.get_last_lr()[0])
             first = step == report.first_step + 1
-            checkpoint = step == total or (cfg.save_steps and step % cfg.save_steps == 0)
-            if first or checkpoint:
+            if first or step == total:
                 report.flush()
             if plan.compile_cache is not None and first:
                 _save_compiled(plan.compile_cache)  # now, not at the end: a killed task's retry starts warm
-            if checkpoint:
-                checkpoints.save(step, snapshot(model, opt, sched, step, state.losses))
+            if step == total or (cfg.save_steps and step % cfg.save_steps == 0):
+                # the step's loss goes in unread (a device tensor): reading it would drain the GPU's queue
+                checkpoints.save(step, snapshot(model, opt, sched, step, report.losses()))
         report.flush()
     except BaseException:
+        batches.close()  # stops the encode-ahead thread (trainer.encoding) before the error goes up
         checkpoints.wait(quiet=True)  # the last checkpoint still lands, for the retry
         raise
     checkpoints.wait()
@@ -290,6 +293,10 @@ class _Reporter:
         step = self.first_step + self.queued
         self.pending.append((step, loss, samples, lr))
         return step
+
+    def losses(self) -> list[dict]:
+        """Every step's loss so far: floats for the steps read, device tensors for the ones still queued."""
+        return self.state.losses + [{"step": step, "loss": loss_t} for step, loss_t, _, _ in self.pending]
 
     def flush(self) -> None:
         for step, loss_t, samples, lr in self.pending:
@@ -347,9 +354,12 @@ def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, devic
 
 
 def _save_compiled(path: Path) -> None:
-    from trainer.compiling import save_cache
+    from trainer.compiling import compiled_new_artifacts, save_cache
     from trainer.events import log
 
+    if not compiled_new_artifacts(path):
+        log(f"compile cache: everything came from {path}; nothing new to write")
+        return
     t = time.perf_counter()
     size = save_cache(path)
     log(f"compile cache: {size / 1e6:.1f} MB written to {path} in {time.perf_counter() - t:.1f} s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,81 @@ def test_a_background_checkpoint_lands_complete_reports_in_order_and_raises_its_
     with pytest.raises(OSError, match="No space left"):
         writer.wait()
     assert latest_checkpoint(tmp_path)[0] == 20 and landed == [10, 20]  # the failed one has no marker
+
+
+def _lora_state(request):
+    import copy
+
+    import torch
+
+    from trainer.config import TrainConfig
+    from trainer.model import apply_lora
+    from trainer.train import build_optimizer
+
+    model, _ = request.getfixturevalue("tiny_gemma3")
+    model = apply_lora(copy.deepcopy(model), TrainConfig())
+    opt, sched = build_optimizer(model, TrainConfig(), total=10)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.ones_like(p)
+    opt.step()
+    sched.step()
+    return model, opt, sched
+
+
+def test_a_snapshot_is_a_frozen_copy_and_a_checkpoint_resumes_to_the_same_state(request, tmp_path):
+    import torch
+    from peft import get_peft_model_state_dict
+
+    from trainer.snapshot import load_snapshot, snapshot, write_snapshot
+
+    model, opt, sched = _lora_state(request)
+    want = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+    want_opt = [(s["exp_avg"].clone(), s["exp_avg_sq"].clone()) for s in opt.state.values()]
+    snap = snapshot(model, opt, sched, 1, [{"step": 1, "loss": torch.tensor(2.5)}])  # step 1's loss still unread
+    with torch.no_grad():  # the next step changes everything; the snapshot must not see it
+        for p in model.parameters():
+            p.add_(1.0)
+        for s in opt.state.values():
+            s["exp_avg"].zero_()
+    write_snapshot(tmp_path, snap)
+
+    step, losses = load_snapshot(tmp_path, model, opt, sched)
+    assert step == 1 and losses == [{"step": 1, "loss": 2.5}]
+    for k, v in get_peft_model_state_dict(model).items():
+        assert torch.equal(v, want[k]), k
+    for s, (avg, avg_sq) in zip(opt.state.values(), want_opt, strict=True):
+        assert torch.equal(s["exp_avg"], avg) and torch.equal(s["exp_avg_sq"], avg_sq)
+
+
+def test_a_checkpoint_of_a_step_whose_loss_is_not_finite_is_not_written(request, tmp_path):
+    import math
+
+    import torch
+
+    from trainer.snapshot import snapshot, write_snapshot
+
+    model, opt, sched = _lora_state(request)
+    snap = snapshot(model, opt, sched, 2, [{"step": 1, "loss": 2.5}, {"step": 2, "loss": torch.tensor(math.inf)}])
+    with pytest.raises(FloatingPointError, match="loss is inf at step 2: checkpoint not written"):
+        write_snapshot(tmp_path, snap)
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_a_warm_compile_cache_is_not_written_again_unless_something_new_was_compiled(monkeypatch):
+    from collections import Counter, defaultdict
+
+    import torch._dynamo.utils
+
+    from trainer import compiling
+
+    path = Path("/runs/.compile-cache/key.bin")
+    counts = defaultdict(Counter)
+    monkeypatch.setattr(torch._dynamo.utils, "counters", counts)
+    monkeypatch.setattr(compiling, "_LOADED", {path})
+    assert compiling.compiled_new_artifacts(path)  # nothing counted at all: write, to be safe
+    counts["aot_autograd"]["autograd_cache_hit"] = 4
+    assert not compiling.compiled_new_artifacts(path)  # every graph came from the loaded file
+    assert compiling.compiled_new_artifacts(Path("/runs/.compile-cache/other.bin"))  # hits from torch's own cache
+    counts["inductor"]["fxgraph_cache_miss"] = 1
+    assert compiling.compiled_new_artifacts(path)

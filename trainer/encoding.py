@@ -1,0 +1,123 @@
+"""Encode the first epoch's images ahead of the steps that need them, on a thread and a CUDA stream of their own.
+
+With the vision tower frozen, each image is encoded once, for the first batch that needs it (trainer.features): in
+the default run that is the whole first epoch, 16 images (~200 ms of GPU) a step. Encoded in line, between steps,
+the encodes wait for the host: while the first step compiles (~5 s warm, the GPU idle), at checkpoints, and
+whenever the host falls behind. On a thread with its own stream they run as far ahead as the GPU allows, in the
+order the batches need them, and the training stream waits (on the GPU, through an event) only for the images of
+the batch at hand.
+
+The features are the ones the in-line path computes: the same chunks of images, through the same code (the image
+side is never patched by the training step's block, trainer.fused), and an encode draws no random numbers, so
+the steps' dropout masks do not depend on when it runs (tests/trainer/test_encode_ahead.py).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+JOIN_TIMEOUT_S = 60.0  # a chunk takes well under a second; a thread stuck longer is left behind (daemon)
+
+
+class Encoder:
+    """Puts the images named by `loader`'s chunks into `cache`, in order: on a thread (`threaded`) or on demand.
+
+    Use as a context manager; `ensure(keys)` returns once those images are cached and the current CUDA stream is
+    ordered after their encode. A failed encode (a bad image, a prompt whose image tokens do not match) is raised
+    by the next `ensure`.
+    """
+
+    def __init__(self, cache, examples, loader, threaded: bool):
+        self.cache, self.examples, self.threaded = cache, examples, threaded
+        self._chunks = iter(loader) if loader is not None else iter(())  # workers start here, on this thread
+        self._cond = threading.Condition()
+        self._error: BaseException | None = None
+        self._done = loader is None
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._threads = torch.get_num_threads()  # per thread under OpenMP: the encode must match in-line numerics
+
+    def __enter__(self) -> Encoder:
+        if self.threaded and not self._done:
+            stream = torch.cuda.Stream(device=self.cache.device) if self.cache.device.type == "cuda" else None
+            self._thread = threading.Thread(target=self._run, args=(stream,), name="encode-ahead", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def ensure(self, keys: list[str]) -> None:
+        """Block until every key is cached; order the current stream after their encodes."""
+        if self.threaded:
+            with self._cond:
+                self._cond.wait_for(lambda: self._error is not None or self._done or self._cached(keys))
+            if self._error is not None:
+                raise self._error
+        else:
+            while not self._cached(keys) and self._encode_next(None):
+                pass
+        if not self._cached(keys):
+            missing = [k for k in keys if k not in self.cache]
+            raise RuntimeError(f"images {missing[:3]} were never encoded (no chunk named them)")
+        self.cache.wait_ready(keys)
+
+    def close(self) -> None:
+        """Stop after the chunk in hand and wait for the thread (the training loop ended or failed)."""
+        self._stop = True
+        if self._thread is not None:
+            self._thread.join(JOIN_TIMEOUT_S)
+            self._thread = None
+
+    def _cached(self, keys: list[str]) -> bool:
+        return all(key in self.cache for key in keys)
+
+    def _run(self, stream) -> None:
+        torch.set_num_threads(self._threads)
+        try:
+            while not self._stop and self._encode_next(stream):
+                with self._cond:
+                    self._cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 -- handed to the training thread, raised by ensure()
+            self._error = exc
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def _encode_next(self, stream) -> bool:
+        """Encode the next chunk's images that are not cached yet; False when there are no chunks left."""
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            self._done = True
+            return False
+        fresh = [(i, prompt) for i, prompt in chunk if self.examples[i].image_id not in self.cache]
+        if fresh:
+            self.cache.add([self.examples[i].image_id for i, _ in fresh], [p for _, p in fresh], stream=stream)
+        return True
+
+
+def encode_bytes(model, images: int, image_budget: int | None = None) -> int:
+    """A generous estimate of the GPU memory one encode of `images` images works in (pixels + activations)."""
+    vision = model.config.vision_config
+    if getattr(vision, "image_size", None) and getattr(vision, "patch_size", None):
+        patches = (vision.image_size // vision.patch_size) ** 2  # SigLIP: 4,096 at 896 px
+    else:  # Gemma 4: the token budget x the pooling window
+        patches = (image_budget or 280) * getattr(vision, "pooling_kernel_size", 3) ** 2
+    activations = patches * (vision.intermediate_size + 4 * vision.hidden_size) * 2
+    pixels = patches * 3 * getattr(vision, "patch_size", 16) ** 2 * (4 + 2)  # fp32 in, bf16 copy
+    return 2 * images * (activations + pixels)
+
+
+def choose_encode_ahead(model, memory, device: torch.device, images: int, image_budget: int | None) -> tuple[bool, str]:
+    """(encode ahead?, why): on a GPU only if one encode fits beside the planned step's peak."""
+    if device.type != "cuda":
+        return True, "CPU: the encode of the next images overlaps the step's Python"
+    need = encode_bytes(model, images, image_budget) / 2**30
+    peak = memory.fixed_gib + memory.micro_batch * memory.per_sample_gib
+    if peak + need <= memory.budget_gib:
+        return True, f"an encode of {images} images (~{need:.1f} GiB) fits beside the step's {peak:.1f} GiB"
+    return False, (f"an encode of {images} images (~{need:.1f} GiB) does not fit beside the step's {peak:.1f} GiB "
+                   f"in {memory.budget_gib:.0f} GiB: images are encoded between steps")
