@@ -23,7 +23,7 @@ def describe(r: dict) -> dict:
     walls = [w for w in r.get("step_ms", []) if isinstance(w, int | float)]
     return {**{k: r.get(k) for k in FIELDS}, "timeline": r.get("train_timeline"), "host_split": r.get("host_split"),
             "eval": {k: round(v["images_per_s"], 1) for k, v in r.get("eval", {}).items()},
-            "first_walls_ms": walls[:6], "encode_ahead": plan.get("encode_ahead"),
+            "first_walls_ms": walls[:6], "snapshot_ms": r.get("snapshot_ms"), "encode_ahead": plan.get("encode_ahead"),
             "encode_ahead_why": plan.get("encode_ahead_why"), "compile_why": plan.get("compile_why")}
 
 

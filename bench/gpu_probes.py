@@ -147,3 +147,45 @@ def host_split_summary(marks: dict) -> dict:
         if tail:
             out[f"{key}_ms"] = round(1e3 * statistics.median(tail), 1)
     return out
+
+
+def time_snapshots(marks: dict) -> None:
+    """Host milliseconds of each checkpoint's snapshot (the training thread's share of a checkpoint)."""
+    import trainer.train as train_mod
+
+    real = train_mod.snapshot
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        out = real(*a, **k)
+        marks.setdefault("snapshot_ms", []).append(round(1e3 * (time.perf_counter() - t), 1))
+        return out
+
+    train_mod.snapshot = timed
+
+
+def profile_first_step(out: Path) -> None:
+    """cProfile of the first (compiling) step, written to `out`/first_step_profile.txt: where its seconds go."""
+    import cProfile
+    import io
+    import pstats
+
+    import trainer.train as train_mod
+
+    real = train_mod._first_compiled_step
+
+    def profiled(*a, **k):
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            return real(*a, **k)
+        finally:
+            prof.disable()
+            text = io.StringIO()
+            stats = pstats.Stats(prof, stream=text)
+            stats.sort_stats("cumulative").print_stats(60)
+            stats.sort_stats("tottime").print_stats(40)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "first_step_profile.txt").write_text(text.getvalue())
+
+    train_mod._first_compiled_step = profiled

@@ -38,9 +38,11 @@ from gpu_matrix import environment, measure_peak_tflops, print_table, run_matrix
 from gpu_probes import (  # noqa: E402
     host_split,
     host_split_summary,
+    profile_first_step,
     profile_steps,
     step_walls,
     stop_startup_profile_at_first_step,
+    time_snapshots,
     train_timeline,
 )
 
@@ -176,6 +178,17 @@ def run_one(args) -> dict:
     if globals().get("STARTUP_PROFILE"):
         stop_startup_profile_at_first_step(STARTUP_PROFILE, Path(args.out) / args.one.replace(":", "-"))
     host_split(marks)
+    time_snapshots(marks)
+    if args.first_step_profile:
+        profile_first_step(Path(args.out) / args.one.replace(":", "-"))
+    if args.encode == "inline":  # the first epoch's images encoded between steps, as before trainer.encoding
+        import trainer.run as run_mod
+
+        run_mod.choose_encode_ahead = lambda *a, **k: (False, "bench: --encode inline")
+    if args.encode == "nopause":  # encodes go on while the first step compiles
+        import trainer.encoding
+
+        trainer.encoding.PAUSE_FOR_COMPILE = False
     if args.profile_steps:
         profile_steps(marks, [int(s) for s in args.profile_steps.split(",")], Path(args.out) / args.one.replace(":", "-"))
     model_id = f"builtin:{name}" if args.tiny else (args.model_dir or f"bench:{name}")
@@ -245,6 +258,7 @@ def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mo
         "train_timeline": train_timeline(events, marks),
         "step_ms": step_walls(events, marks),
         "host_split": host_split_summary(marks),
+        "snapshot_ms": marks.get("snapshot_ms"),
         "final_loss": steps[-1]["loss"],
         "config": cfg.to_dict(),
     }
@@ -353,6 +367,9 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="builtin tiny models (CPU check of this script)")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--profile-steps", default="", help="comma list of steps s: profile steps s and s+1")
+    parser.add_argument("--first-step-profile", action="store_true", help="cProfile the first (compiling) step")
+    parser.add_argument("--encode", default="auto", choices=("auto", "inline", "nopause"),
+                        help="inline: no encode-ahead thread; nopause: encodes also while the first step compiles")
     parser.add_argument("--image-bytecode", action="store_true",
                         help="compile all modules to bytecode first, as the image is built (start-up figures)")
     parser.add_argument("--one", help=argparse.SUPPRESS)

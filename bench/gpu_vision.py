@@ -2,7 +2,8 @@
 
 The first epoch of the default run spends ~16.5 ms of GPU per 896 px image in SigLIP (27 layers, 4,096 patches,
 16 heads of 72 dims): ~5.4 TFLOP per image, of which ~2.1 are attention. This times `get_image_features` (the call
-trainer.features makes) per image at several batch sizes, under each SDPA backend and compiled, with the largest
+trainer.features makes) per image at several batch sizes, under each SDPA backend, with the trainer's contiguous
+residual stream (trainer.model.contiguous_vision_stream) and then also compiled, with the largest
 difference from the default features, and checks that an encode leaves the CUDA RNG state alone (so encoding on
 another thread cannot shift the training step's dropout masks).
 
@@ -88,6 +89,13 @@ def run(args) -> dict:
         for name, ctx in variants(inner).items():
             for b in args.batches:
                 result["rows"].append(row(name, ctx, inner, pixels[:b], reference[b], args))
+        from trainer.model import (
+            contiguous_vision_stream,  # what the trainer's loader adds (kept from here on)
+        )
+
+        contiguous_vision_stream(model)
+        for b in args.batches:
+            result["rows"].append(row("contiguous", variants(inner)["default"], inner, pixels[:b], reference[b], args))
         if args.compile:
             tower = inner.vision_tower
             inner.vision_tower = torch.compile(tower, dynamic=False)

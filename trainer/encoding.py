@@ -15,10 +15,14 @@ the steps' dropout masks do not depend on when it runs (tests/trainer/test_encod
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 
 import torch
 
 JOIN_TIMEOUT_S = 60.0  # a chunk takes well under a second; a thread stuck longer is left behind (daemon)
+LEAD = 2  # chunks queued on the GPU at most: the step's kernels (and any host sync) wait behind no more than these
+PAUSE_FOR_COMPILE = True  # no encodes while the first step compiles (trainer.train): see `paused_for_compile`
 
 
 class Encoder:
@@ -67,6 +71,7 @@ class Encoder:
     def close(self) -> None:
         """Stop after the chunk in hand and wait for the thread (the training loop ended or failed)."""
         self._stop = True
+        self.cache.go.set()  # a paused thread wakes up to see that it should stop
         if self._thread is not None:
             self._thread.join(JOIN_TIMEOUT_S)
             self._thread = None
@@ -75,11 +80,24 @@ class Encoder:
         return all(key in self.cache for key in keys)
 
     def _run(self, stream) -> None:
+        """The thread: encode chunk after chunk, never more than LEAD of them queued on the GPU.
+
+        Unbounded, the thread queued the whole first epoch's encodes (~16 s of GPU) in seconds, and the first
+        step, whose compile makes the host wait for the GPU, waited behind all of them (measured: 17 s, not 5).
+        """
+        from trainer.events import log
+
         torch.set_num_threads(self._threads)
+        started, queued, encoded = time.perf_counter(), deque(), self.cache.encoded
         try:
-            while not self._stop and self._encode_next(stream):
+            while not self._stop and self.cache.go.wait() and self._encode_next(stream, queued):
                 with self._cond:
                     self._cond.notify_all()
+                while len(queued) >= LEAD:
+                    queued.popleft().synchronize()  # the GIL is released while it waits
+            for event in queued:
+                event.synchronize()
+            log(f"encode ahead: {self.cache.encoded - encoded} images encoded in {time.perf_counter() - started:.1f} s")
         except BaseException as exc:  # noqa: BLE001 -- handed to the training thread, raised by ensure()
             self._error = exc
         finally:
@@ -87,7 +105,7 @@ class Encoder:
                 self._done = True
                 self._cond.notify_all()
 
-    def _encode_next(self, stream) -> bool:
+    def _encode_next(self, stream, queued: deque | None = None) -> bool:
         """Encode the next chunk's images that are not cached yet; False when there are no chunks left."""
         chunk = next(self._chunks, None)
         if chunk is None:
@@ -95,7 +113,9 @@ class Encoder:
             return False
         fresh = [(i, prompt) for i, prompt in chunk if self.examples[i].image_id not in self.cache]
         if fresh:
-            self.cache.add([self.examples[i].image_id for i, _ in fresh], [p for _, p in fresh], stream=stream)
+            ready = self.cache.add([self.examples[i].image_id for i, _ in fresh], [p for _, p in fresh], stream=stream)
+            if ready is not None and queued is not None:
+                queued.append(ready)
         return True
 
 
@@ -121,3 +141,17 @@ def choose_encode_ahead(model, memory, device: torch.device, images: int, image_
         return True, f"an encode of {images} images (~{need:.1f} GiB) fits beside the step's {peak:.1f} GiB"
     return False, (f"an encode of {images} images (~{need:.1f} GiB) does not fit beside the step's {peak:.1f} GiB "
                    f"in {memory.budget_gib:.0f} GiB: images are encoded between steps")
+
+
+def paused_for_compile(cache):
+    """The block in which the first step compiles: encodes wait (when PAUSE_FOR_COMPILE) until it is queued.
+
+    Measured on an H100 (BENCHMARKS.md): with encodes running beside it, the warm compile of the first step took
+    16-18 s instead of ~5 s. Inductor benchmarks some kernels' configurations on their first run, waiting for the
+    GPU and timing them against the encodes, and the two threads contend for the interpreter.
+    """
+    import contextlib
+
+    if cache is None or not PAUSE_FOR_COMPILE:
+        return contextlib.nullcontext()
+    return cache.paused()

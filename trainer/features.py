@@ -15,6 +15,7 @@ Gemma 3's bidirectional image mask, Gemma 4's per-layer inputs) is the unmodifie
 from __future__ import annotations
 
 import contextlib
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -106,16 +107,18 @@ class FeatureCache:
         self.model, self.processor, self.fmt, self.device, self.offload = model, processor, fmt, device, offload
         self.entries: dict[str, dict[str, torch.Tensor]] = {}
         self.encoded = 0  # images that went through the vision tower
+        self.go = threading.Event()  # cleared: encode-ahead threads wait before their next chunk (`paused`)
+        self.go.set()
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
 
     @torch.no_grad()
-    def add(self, keys: list[str], prompts: list[dict[str, torch.Tensor]], stream=None) -> None:
+    def add(self, keys: list[str], prompts: list[dict[str, torch.Tensor]], stream=None):
         """Run the vision tower once over these prompts' images and keep their features.
 
         `stream`: a side CUDA stream to encode on (the encode-ahead thread); the entries then carry the event that
-        the training stream must wait for before reading them (`wait_ready`).
+        the training stream must wait for before reading them (`wait_ready`), which is also returned.
         """
         inner = inner_model(self.model)
         dtype = next(p.dtype for p in inner.vision_tower.parameters() if p.is_floating_point())
@@ -137,6 +140,7 @@ class FeatureCache:
                 entry["ready"] = ready
             self.entries[key] = entry  # last: a waiting reader sees whole entries only
         self.encoded += len(keys)
+        return ready
 
     def _entry(self, key: str, prompt: dict[str, torch.Tensor], feat: torch.Tensor) -> dict:
         inner = inner_model(self.model)
@@ -144,6 +148,15 @@ class FeatureCache:
         entry = {k: v for k, v in prompt.items() if k not in PIXEL_KEYS}
         entry["pixel_values"] = feat.to("cpu").pin_memory() if self.offload else feat.clone()
         return entry
+
+    @contextmanager
+    def paused(self):
+        """Encode-ahead threads start no new chunk inside this block (trainer.encoding.PAUSE_FOR_COMPILE)."""
+        self.go.clear()
+        try:
+            yield
+        finally:
+            self.go.set()
 
     def wait_ready(self, keys: list[str]) -> None:
         """Order the current CUDA stream after the encodes of these entries (made on the encode-ahead stream)."""

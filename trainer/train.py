@@ -333,13 +333,15 @@ def _optimizer_step(model, micro_batches: list[dict], plan: StepPlan, opt, sched
 def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, device) -> tuple[torch.Tensor, StepPlan]:
     """The first step compiles; if compiling fails (no C compiler for Triton's launcher, an unsupported op), the
     run goes on eagerly from the same RNG state and gradients, so it only loses the speed-up."""
+    from trainer.encoding import paused_for_compile
     from trainer.events import log
 
     rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     log("first step: compiling the decoder layers (~30 s cold, seconds from a cache file)")
     t = time.perf_counter()
     try:
-        loss = run_step(model, micro_batches, plan, device)
+        with paused_for_compile(plan.cache):
+            loss = run_step(model, micro_batches, plan, device)
         log(f"first step compiled and queued in {time.perf_counter() - t:.1f} s")
         return loss, plan
     except Exception as exc:  # noqa: BLE001 -- any compiler failure; the eager step below re-raises real errors
