@@ -151,8 +151,10 @@ def describe(event: dict[str, Any]) -> str:
                 f"unknown {pct(event.get('unknown_rate'))}")
     if kind == "memory_plan":
         compiled = f", torch.compile {'on' if event['compile'] else 'off'}" if "compile" in event else ""
+        ahead = ", images encoded ahead" if event.get("encode_ahead") else ""
         return (f"memory plan: micro-batch {event.get('micro_batch', '?')} × {event.get('accumulation', '?')}, "
-                f"checkpointing {'on' if event.get('checkpointing') else 'off'}{compiled} ({event.get('why', '-')})")
+                f"checkpointing {'on' if event.get('checkpointing') else 'off'}{compiled}{ahead} "
+                f"({event.get('why', '-')})")
     if kind == "checkpoint":
         return f"checkpoint at step {event.get('step')}: {event.get('path', '?')}"
     if kind == "done":

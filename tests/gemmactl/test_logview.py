@@ -428,3 +428,12 @@ def test_the_memory_plan_event_says_why_in_one_line():
                      "why": "activations 15.9 GiB fit in 69.8 GiB free"})
     assert line == ("memory plan: micro-batch 16 × 1, checkpointing off "
                     "(activations 15.9 GiB fit in 69.8 GiB free)")
+
+
+def test_the_memory_plan_line_says_when_images_are_encoded_ahead():
+    from gemmactl.events import describe
+
+    line = describe({"event": "memory_plan", "micro_batch": 16, "accumulation": 1, "checkpointing": False,
+                     "compile": True, "encode_ahead": True, "why": "16 of 16 samples per pass fit"})
+    assert line == ("memory plan: micro-batch 16 × 1, checkpointing off, torch.compile on, images encoded ahead "
+                    "(16 of 16 samples per pass fit)")
