@@ -9,8 +9,6 @@ from pathlib import Path
 
 def stop_startup_profile_at_first_step(profile, out: Path) -> None:
     """Write the start-up cProfile (process start -> first optimizer step begins), cumulative and own time."""
-    import io
-    import pstats
 
     import trainer.train as train_mod
 
@@ -21,12 +19,7 @@ def stop_startup_profile_at_first_step(profile, out: Path) -> None:
             return real(*a, **k)
         done.append(True)
         profile.disable()
-        text = io.StringIO()
-        stats = pstats.Stats(profile, stream=text)
-        stats.sort_stats("cumulative").print_stats(70)
-        stats.sort_stats("tottime").print_stats(30)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "startup_profile.txt").write_text(text.getvalue())
+        write_profile(profile, out / "startup_profile.txt", cumulative=70, own=30)
         return real(*a, **k)
 
     train_mod._optimizer_step = first
@@ -167,8 +160,6 @@ def time_snapshots(marks: dict) -> None:
 def profile_first_step(out: Path) -> None:
     """cProfile of the first (compiling) step, written to `out`/first_step_profile.txt: where its seconds go."""
     import cProfile
-    import io
-    import pstats
 
     import trainer.train as train_mod
 
@@ -181,11 +172,19 @@ def profile_first_step(out: Path) -> None:
             return real(*a, **k)
         finally:
             prof.disable()
-            text = io.StringIO()
-            stats = pstats.Stats(prof, stream=text)
-            stats.sort_stats("cumulative").print_stats(60)
-            stats.sort_stats("tottime").print_stats(40)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "first_step_profile.txt").write_text(text.getvalue())
+            write_profile(prof, out / "first_step_profile.txt", cumulative=60, own=40)
 
     train_mod._first_compiled_step = profiled
+
+
+def write_profile(profile, path: Path, cumulative: int, own: int) -> None:
+    """A cProfile's top functions by cumulative and by own time, as text."""
+    import io
+    import pstats
+
+    text = io.StringIO()
+    stats = pstats.Stats(profile, stream=text)
+    stats.sort_stats("cumulative").print_stats(cumulative)
+    stats.sort_stats("tottime").print_stats(own)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.getvalue())

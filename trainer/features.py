@@ -133,7 +133,8 @@ class FeatureCache:
                 feats = encode(inner, pixels, positions, return_dict=True).pooler_output
             else:  # Gemma 3: a fixed 256 soft tokens per image, kept with their (1, 256, H) image axis
                 feats = encode(inner, pixels, return_dict=True).pooler_output.unsqueeze(1)
-            entries = [self._entry(key, prompt, feat) for key, prompt, feat in zip(keys, prompts, feats, strict=True)]
+            entries = [self._entry(inner, key, prompt, feat)
+                       for key, prompt, feat in zip(keys, prompts, feats, strict=True)]
             ready = _record(stream)
         for key, entry in zip(keys, entries, strict=True):
             if ready is not None:
@@ -142,8 +143,7 @@ class FeatureCache:
         self.encoded += len(keys)
         return ready
 
-    def _entry(self, key: str, prompt: dict[str, torch.Tensor], feat: torch.Tensor) -> dict:
-        inner = inner_model(self.model)
+    def _entry(self, inner, key: str, prompt: dict[str, torch.Tensor], feat: torch.Tensor) -> dict:
         _check_placeholders(key, prompt["input_ids"], inner.config.image_token_id, feat.shape[-2])
         entry = {k: v for k, v in prompt.items() if k not in PIXEL_KEYS}
         entry["pixel_values"] = feat.to("cpu").pin_memory() if self.offload else feat.clone()
