@@ -1,11 +1,11 @@
 """Encode the first epoch's images ahead of the steps that need them, on a thread and a CUDA stream of their own.
 
 With the vision tower frozen, each image is encoded once, for the first batch that needs it (trainer.features): in
-the default run that is the whole first epoch, 16 images (~200 ms of GPU) a step. Encoded in line, between steps,
-the encodes wait for the host: while the first step compiles (~5 s warm, the GPU idle), at checkpoints, and
-whenever the host falls behind. On a thread with its own stream they run as far ahead as the GPU allows, in the
-order the batches need them, and the training stream waits (on the GPU, through an event) only for the images of
-the batch at hand.
+the default run that is the whole first epoch, 16 images (~220 ms of GPU) a step. Encoded in line, between steps,
+the encodes wait for the host whenever it falls behind. On a thread with its own stream they run as far ahead as
+the GPU allows (at most LEAD chunks queued), in the order the batches need them, and the training stream waits
+(on the GPU, through an event) only for the images of the batch at hand. They pause while the first step
+compiles (`paused_for_compile`: encoding beside the compile made it three times slower).
 
 The features are the ones the in-line path computes: the same chunks of images, through the same code (the image
 side is never patched by the training step's block, trainer.fused), and an encode draws no random numbers, so
