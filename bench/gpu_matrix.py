@@ -121,6 +121,7 @@ def run_matrix(args) -> list[dict]:
                str(args.max_new_tokens), "--overrides", args.overrides, "--out", str(args.out),
                "--profile-steps", args.profile_steps, "--encode", args.encode] + (["--tiny"] if args.tiny else [])
         cmd += ["--first-step-profile"] if args.first_step_profile else []
+        cmd += ["--probe-benchmarks"] if args.probe_benchmarks else []
         if args.from_disk and name == "gemma-3-4b":
             cmd += ["--model-dir", str(save_checkpoint_dir(name, work))]
         results.append(_child(cmd, name, mode, left, work))

@@ -1,5 +1,6 @@
-"""Probes the GPU benchmark adds to a trainer run: step profiles, step wall times, the training-phase timeline and
-a start-up cProfile (bench/gpu_train.py; bench/README.md says how to read them)."""
+"""Probes the GPU benchmark adds to a trainer run: step profiles, step wall times, the training-phase timeline,
+start-up and first-step cProfiles and the compiled kernels' autotune cache states (bench/gpu_train.py;
+bench/README.md says how to read them)."""
 
 from __future__ import annotations
 
@@ -188,3 +189,60 @@ def write_profile(profile, path: Path, cumulative: int, own: int) -> None:
     stats.sort_stats("tottime").print_stats(own)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.getvalue())
+    stats.dump_stats(path.with_suffix(".prof"))  # the raw stats: callers and callees, read with pstats
+
+
+def probe_benchmarks(marks: dict) -> None:
+    """After the first step, every Triton kernel inductor has loaded and what its autotune cache said ("hit", "miss":
+    benchmarked on its first run, "only 1 config"), with whether the miss's cache file exists. A warm start from
+    the compile cache should have no misses; the sixth set's first-step cProfile counted 17 benchmarks.
+
+    Read-only (gc walk after the step): patching the autotuner's methods broke the compile (their attributes
+    differ between torch versions), and the trainer then runs on eagerly.
+    """
+    import trainer.train as train_mod
+
+    real = train_mod._first_compiled_step
+
+    def probed(*a, **k):
+        result = real(*a, **k)
+        try:
+            marks["autotuned_kernels"] = _autotune_states()
+        except Exception as exc:  # noqa: BLE001 -- a probe never fails the run
+            marks["autotuned_kernels"] = [{"probe_error": f"{type(exc).__name__}: {exc}"}]
+        return result
+
+    train_mod._first_compiled_step = probed
+
+
+def _is_autotuner(obj, cls) -> bool:
+    try:
+        return isinstance(obj, cls)
+    except ReferenceError:  # a dead weakref proxy
+        return False
+
+
+def _autotune_states() -> list[dict]:
+    import gc
+    import os
+    import warnings
+
+    from torch._dynamo.utils import compilation_time_metrics
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+
+    rows = []
+    with warnings.catch_warnings():  # isinstance on some module-level objects warns of their deprecation
+        warnings.simplefilter("ignore")
+        found = [obj for obj in gc.get_objects() if _is_autotuner(obj, CachingAutotuner)]
+    for obj in found:
+        info = dict(getattr(obj, "autotune_cache_info", None) or {})
+        cache = getattr(obj, "autotune_cache", None)
+        local = getattr(cache, "local_cache", None)
+        key = str(local[1]) if isinstance(local, tuple) and len(local) > 1 else None
+        rows.append({"kernel": (getattr(obj, "inductor_meta", None) or {}).get("kernel_name"),
+                     "state": info.get("autotune_cache_state"), "num_configs": info.get("num_configs"),
+                     "launchers": len(getattr(obj, "launchers", None) or []), "cache_key": key,
+                     "cache_file_exists": bool(key) and os.path.exists(key)})
+    bench = compilation_time_metrics.get("CachingAutotuner.benchmark_all_configs") or []
+    rows.append({"benchmark_all_configs_calls": len(bench), "seconds": sum(bench)})
+    return rows

@@ -38,6 +38,7 @@ from gpu_matrix import environment, measure_peak_tflops, print_table, run_matrix
 from gpu_probes import (  # noqa: E402
     host_split,
     host_split_summary,
+    probe_benchmarks,
     profile_first_step,
     profile_steps,
     step_walls,
@@ -179,6 +180,8 @@ def run_one(args) -> dict:
         stop_startup_profile_at_first_step(STARTUP_PROFILE, Path(args.out) / args.one.replace(":", "-"))
     host_split(marks)
     time_snapshots(marks)
+    if args.probe_benchmarks:
+        probe_benchmarks(marks)
     if args.first_step_profile:
         profile_first_step(Path(args.out) / args.one.replace(":", "-"))
     if args.encode == "inline":  # the first epoch's images encoded between steps, as before trainer.encoding
@@ -259,6 +262,7 @@ def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mo
         "step_ms": step_walls(events, marks),
         "host_split": host_split_summary(marks),
         "snapshot_ms": marks.get("snapshot_ms"),
+        "autotuned_kernels": marks.get("autotuned_kernels"),
         "final_loss": steps[-1]["loss"],
         "config": cfg.to_dict(),
     }
@@ -368,6 +372,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--profile-steps", default="", help="comma list of steps s: profile steps s and s+1")
     parser.add_argument("--first-step-profile", action="store_true", help="cProfile the first (compiling) step")
+    parser.add_argument("--probe-benchmarks", action="store_true",
+                        help="after the first step, each Triton kernel's autotune cache state (a warm start should miss none)")
     parser.add_argument("--encode", default="auto", choices=("auto", "inline", "nopause"),
                         help="inline: no encode-ahead thread; nopause: encodes also while the first step compiles")
     parser.add_argument("--image-bytecode", action="store_true",

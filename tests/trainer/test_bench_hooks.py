@@ -1,8 +1,10 @@
-"""The GPU benchmark's generation hook: every generate call yields exactly --max-new-tokens ids, stop tokens or not.
+"""The GPU benchmark's hooks and probes, on CPU.
 
-The reference's eval figures are for 32 generated tokens per image; a trained model answers in a few and stops, so
-the benchmark pins the length. Its first version pinned it through a GenerationConfig subclass that transformers 5
-silently dropped, and the final-eval generation figures measured 2-7 tokens per image without anyone noticing.
+Generation runs to exactly --max-new-tokens ids, stop tokens or not: the reference's eval figures are for 32
+generated tokens per image; a trained model answers in a few and stops, so the benchmark pins the length. Its first
+version pinned it through a GenerationConfig subclass that transformers 5 silently dropped, and the final-eval
+generation figures measured 2-7 tokens per image without anyone noticing. The attention and autotune probes compute
+what they claim to and leave the trainer's step alone.
 """
 
 from __future__ import annotations
@@ -88,3 +90,35 @@ def test_image_bytecode_compiles_modules_where_every_later_process_finds_them(tm
     assert info["bytecode_prefix"] == str(prefix)
     assert list(prefix.rglob("mod.cpython-*.pyc"))
     sys.modules.pop("gpu_train", None)
+
+
+def test_the_attention_probes_unmasked_split_computes_gemma3s_masked_attention(monkeypatch):
+    """bench/gpu_attention.py times a causal call plus a call for the image rows against the boolean mask: both
+    must give the same attention and gradients, or its timings compare different things."""
+    import torch
+    from torch.nn.attention import SDPBackend
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gpu_attention
+
+    q, k, v = (torch.randn(2, h, 24, 8, dtype=torch.float64, requires_grad=True) for h in (4, 2, 2))
+    mask = gpu_attention.gemma3_mask(24, 3, 10, "cpu")
+    assert mask[5, 12] and not mask[2, 5] and not mask[13, 20] and mask[20, 13]  # image both ways; causal elsewhere
+    outs = [gpu_attention.masked(q, k, v, mask, SDPBackend.MATH), gpu_attention.split(q, k, v, 3, 13, SDPBackend.MATH)]
+    grads = [torch.autograd.grad(o.square().sum(), (q, k, v)) for o in outs]
+    torch.testing.assert_close(outs[1], outs[0])
+    for a, b in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_autotune_probe_reports_without_touching_the_step(monkeypatch):
+    import trainer.train as train_mod
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gpu_probes
+
+    monkeypatch.setattr(train_mod, "_first_compiled_step", lambda *a, **k: ("loss", "plan"))
+    marks: dict = {}
+    gpu_probes.probe_benchmarks(marks)
+    assert train_mod._first_compiled_step() == ("loss", "plan")
+    assert marks["autotuned_kernels"][-1]["benchmark_all_configs_calls"] == 0  # no Triton kernels on CPU
