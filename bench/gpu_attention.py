@@ -29,23 +29,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-
-def timed(fn, device: str, iters: int) -> float:
-    """Median seconds of `fn()` after two warm-up runs."""
-    import torch
-
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(iters):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+from gpu_vision import timed  # noqa: E402 -- median of synced runs after two warm-ups, as the encode probe times
 
 
 def gemma3_mask(tokens: int, start: int, image: int, device):
