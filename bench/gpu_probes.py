@@ -194,8 +194,8 @@ def write_profile(profile, path: Path, cumulative: int, own: int) -> None:
 
 def probe_benchmarks(marks: dict) -> None:
     """After the first step, every Triton kernel inductor has loaded and what its autotune cache said ("hit", "miss":
-    benchmarked on its first run, "only 1 config"), with whether the miss's cache file exists. A warm start from
-    the compile cache should have no misses; the sixth set's first-step cProfile counted 17 benchmarks.
+    benchmarked on its first run, "only 1 config"), and torch's count of kernel benchmarks. A warm start from the
+    compile cache should have no misses; the sixth set's first-step cProfile counted 17 benchmarks.
 
     Read-only (gc walk after the step): patching the autotuner's methods broke the compile (their attributes
     differ between torch versions), and the trainer then runs on eagerly.
@@ -224,7 +224,6 @@ def _is_autotuner(obj, cls) -> bool:
 
 def _autotune_states() -> list[dict]:
     import gc
-    import os
     import warnings
 
     from torch._dynamo.utils import compilation_time_metrics
@@ -235,14 +234,10 @@ def _autotune_states() -> list[dict]:
         warnings.simplefilter("ignore")
         found = [obj for obj in gc.get_objects() if _is_autotuner(obj, CachingAutotuner)]
     for obj in found:
-        info = dict(getattr(obj, "autotune_cache_info", None) or {})
-        cache = getattr(obj, "autotune_cache", None)
-        local = getattr(cache, "local_cache", None)
-        key = str(local[1]) if isinstance(local, tuple) and len(local) > 1 else None
+        info = getattr(obj, "autotune_cache_info", None) or {}
         rows.append({"kernel": (getattr(obj, "inductor_meta", None) or {}).get("kernel_name"),
                      "state": info.get("autotune_cache_state"), "num_configs": info.get("num_configs"),
-                     "launchers": len(getattr(obj, "launchers", None) or []), "cache_key": key,
-                     "cache_file_exists": bool(key) and os.path.exists(key)})
+                     "launchers": len(getattr(obj, "launchers", None) or [])})
     bench = compilation_time_metrics.get("CachingAutotuner.benchmark_all_configs") or []
     rows.append({"benchmark_all_configs_calls": len(bench), "seconds": sum(bench)})
     return rows
