@@ -5,7 +5,8 @@ The first epoch of the default run spends ~16.5 ms of GPU per 896 px image in Si
 trainer.features makes) per image at several batch sizes, under each SDPA backend, with the trainer's contiguous
 residual stream (trainer.model.contiguous_vision_stream) and then also compiled, with the largest
 difference from the default features, and checks that an encode leaves the CUDA RNG state alone (so encoding on
-another thread cannot shift the training step's dropout masks).
+another thread cannot shift the training step's dropout masks). `one_per_call`: one image per call, eager and as a
+CUDA graph, against the batched call.
 
     python3 bench/gpu_vision.py --out $OUT/vision          # on the GPU
     python3 bench/gpu_vision.py --out /tmp/v --tiny --device cpu
@@ -96,6 +97,8 @@ def run(args) -> dict:
         contiguous_vision_stream(model)
         for b in args.batches:
             result["rows"].append(row("contiguous", variants(inner)["default"], inner, pixels[:b], reference[b], args))
+        if args.device == "cuda":
+            result["one_per_call"] = one_per_call(inner, pixels[:16], args)
         if args.compile:
             tower = inner.vision_tower
             inner.vision_tower = torch.compile(tower, dynamic=False)
@@ -124,6 +127,55 @@ def row(name: str, ctx, inner, pixels, reference, args) -> dict:
     scale = reference.float().abs().max().item()
     return {"variant": name, "batch": len(pixels), "ms_per_image": round(1e3 * s / len(pixels), 3),
             "max_abs_diff": diff, "rel_diff": diff / max(scale, 1e-30), "bitwise_equal": bool(torch_equal(feats, reference))}
+
+
+def one_per_call(inner, pixels, args) -> dict:
+    """One image per vision call, eager and replayed as a CUDA graph, against the batched call: GPU ms per image,
+    host ms to queue a call, bit equality (tried in the eighth set as a way to encode during the first step's
+    compile without taking the interpreter from it; not kept, BENCHMARKS.md)."""
+    import torch
+
+    def fn(px):
+        return inner.get_image_features(px, return_dict=True).pooler_output
+
+    graphed = graph_of(fn, pixels[:1])
+    batched = fn(pixels)
+    singles = {"eager": fn, "graph": graphed}
+    out = {name: torch.cat([f(pixels[i:i + 1]) for i in range(len(pixels))]) for name, f in singles.items()}
+    result = {"eager_equals_batched": torch.equal(out["eager"], batched),
+              "graph_equals_eager": torch.equal(out["graph"], out["eager"])}
+    for name, f in singles.items():
+        def loop(f=f):
+            for i in range(len(pixels)):
+                f(pixels[i:i + 1])
+        result[f"{name}_ms_per_image"] = round(1e3 * timed(loop, "cuda", args.iters) / len(pixels), 3)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        loop()  # queued only: the host's share (it also waits once the GPU's launch queue is full)
+        result[f"{name}_host_ms_per_call"] = round(1e3 * (time.perf_counter() - t) / len(pixels), 3)
+        torch.cuda.synchronize()
+    return result
+
+
+def graph_of(fn, example):
+    """`fn` for inputs shaped like `example`, recorded once as a CUDA graph and replayed (static in/out buffers)."""
+    import torch
+
+    static_in, stream = example.clone(), torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn(static_in)  # lazy set-up (cuBLAS handles, cuDNN plans) outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        static_out = fn(static_in)
+
+    def replay(pixels):
+        static_in.copy_(pixels)
+        graph.replay()
+        return static_out.clone()
+
+    return replay
 
 
 def torch_equal(a, b) -> bool:
