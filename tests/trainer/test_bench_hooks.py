@@ -3,8 +3,8 @@
 Generation runs to exactly --max-new-tokens ids, stop tokens or not: the reference's eval figures are for 32
 generated tokens per image; a trained model answers in a few and stops, so the benchmark pins the length. Its first
 version pinned it through a GenerationConfig subclass that transformers 5 silently dropped, and the final-eval
-generation figures measured 2-7 tokens per image without anyone noticing. The attention and autotune probes compute
-what they claim to and leave the trainer's step alone.
+generation figures measured 2-7 tokens per image without anyone noticing. The attention, GEMM and autotune probes
+compute what they claim to and leave the trainer's step alone.
 """
 
 from __future__ import annotations
@@ -109,6 +109,20 @@ def test_the_attention_probes_unmasked_split_computes_gemma3s_masked_attention(m
     torch.testing.assert_close(outs[1], outs[0])
     for a, b in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_the_gemm_probes_fused_and_separate_projections_compute_the_same(monkeypatch):
+    """bench/gpu_gemm.py times q/k/v as one GEMM over concatenated weights against three: same products, or the
+    saving it reports compares different work."""
+    import types
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gpu_gemm
+
+    row = gpu_gemm.group_row("qkv", 32, [16, 8, 8], types.SimpleNamespace(tokens=12, iters=1, device="cpu"))
+    assert row["max_abs_diff_fwd"] == 0.0  # the same dot products, one GEMM or three
+    assert row["max_abs_diff_bwd"] < 1e-3  # the input gradient's sums, in bf16, in another order
+    assert row["saved_ms_per_step"] == round(row["saved_ms_per_layer"] * gpu_gemm.LAYERS, 2)
 
 
 def test_the_autotune_probe_reports_without_touching_the_step(monkeypatch):
