@@ -13,14 +13,13 @@ with the largest difference between the two results (rounding: the sums run in a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from gpu_vision import timed  # noqa: E402
+from gpu_vision import save_json, timed  # noqa: E402
 
 GROUPS = {"qkv": (2560, [2048, 1024, 1024]), "gate_up": (2560, [10240, 10240])}  # in, outs (gemma-3-4b)
 LAYERS = 34
@@ -77,10 +76,7 @@ def main() -> int:
 
     result = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
               "rows": [group_row(name, hidden, outs, args) for name, (hidden, outs) in GROUPS.items()]}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gemm.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    save_json(result, Path(args.out) / "gemm.json")
     return 0
 
 

@@ -219,12 +219,15 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     args = p.parse_args()
-    result = run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vision.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    save_json(run(args), Path(args.out) / "vision.json")
     return 0
+
+
+def save_json(result: dict, path: Path) -> None:
+    """Write a probe's result (its folder made first) and print it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
