@@ -149,6 +149,8 @@ def paused_for_compile(cache):
     Measured on an H100 (BENCHMARKS.md): with encodes running beside it, the warm compile of the first step took
     16-18 s instead of ~5 s. Inductor benchmarks some kernels' configurations on their first run, waiting for the
     GPU and timing them against the encodes, and the two threads contend for the interpreter.
+    Encoding one image at a time beside it (each a CUDA graph, one launch) did not pay either: the compile grew by
+    about as much GPU time as the encodes filled (BENCHMARKS.md, eighth set).
     """
     import contextlib
 
