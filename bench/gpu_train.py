@@ -192,6 +192,10 @@ def run_one(args) -> dict:
         import trainer.encoding
 
         trainer.encoding.PAUSE_FOR_COMPILE = False
+    if args.encode == "nobaseline":  # the first epoch's encodes start with training, not before the baseline eval
+        import trainer.encoding
+
+        trainer.encoding.DURING_BASELINE = False
     if args.profile_steps:
         profile_steps(marks, [int(s) for s in args.profile_steps.split(",")], Path(args.out) / args.one.replace(":", "-"))
     model_id = f"builtin:{name}" if args.tiny else (args.model_dir or f"bench:{name}")
@@ -330,8 +334,9 @@ def mfu(marks: dict, shapes: dict, events: list[dict], samples: int, train_s: fl
 
     fm = flop_model(marks["peft_model"], shapes["patches"])
     cache = next((e for e in events if e["event"] == "image_cache"), None)
-    # cached: each training image through the tower once; plain path: for every sample of every epoch
-    encodes = cache["train_images"] if cache else samples
+    # cached: each training image through the tower once, less those encoded during the baseline eval (outside
+    # the training phase); plain path: for every sample of every epoch
+    encodes = cache["train_images"] - cache.get("during_baseline", 0) if cache else samples
     flops = samples * flops_per_sample(fm, shapes["tokens"], shapes["answer"]) + encodes * image_flops(fm)
     peak = float(os.environ.get("BENCH_PEAK_TFLOPS", "0") or 0) * 1e12
     return {"mfu": flops / train_s / peak if peak else None, "train_tflops": flops / train_s / 1e12,
@@ -374,8 +379,9 @@ def main() -> int:
     parser.add_argument("--first-step-profile", action="store_true", help="cProfile the first (compiling) step")
     parser.add_argument("--probe-benchmarks", action="store_true",
                         help="after the first step, each Triton kernel's autotune cache state (a warm start should miss none)")
-    parser.add_argument("--encode", default="auto", choices=("auto", "inline", "nopause"),
-                        help="inline: no encode-ahead thread; nopause: encodes also while the first step compiles")
+    parser.add_argument("--encode", default="auto", choices=("auto", "inline", "nopause", "nobaseline"),
+                        help="inline: no encode-ahead thread; nopause: encodes also while the first step compiles; "
+                             "nobaseline: the encode-ahead thread starts with training, not before the baseline")
     parser.add_argument("--image-bytecode", action="store_true",
                         help="compile all modules to bytecode first, as the image is built (start-up figures)")
     parser.add_argument("--one", help=argparse.SUPPRESS)

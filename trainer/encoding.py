@@ -4,8 +4,10 @@ With the vision tower frozen, each image is encoded once, for the first batch th
 the default run that is the whole first epoch, 16 images (~220 ms of GPU) a step. Encoded in line, between steps,
 the encodes wait for the host whenever it falls behind. On a thread with its own stream they run as far ahead as
 the GPU allows (at most LEAD chunks queued), in the order the batches need them, and the training stream waits
-(on the GPU, through an event) only for the images of the batch at hand. They pause while the first step
-compiles (`paused_for_compile`: encoding beside the compile made it three times slower).
+(on the GPU, through an event) only for the images of the batch at hand. On a GPU they start before the baseline
+eval, whose launch-bound generation leaves the GPU idle most of the time, at a lower priority than the eval's
+kernels (`encode_during_baseline`, `first_on_gpu`). They pause while the first step compiles
+(`paused_for_compile`: encoding beside the compile made it three times slower).
 
 The features are the ones the in-line path computes: the same chunks of images, through the same code (the image
 side is never patched by the training step's block, trainer.fused), and an encode draws no random numbers, so
@@ -14,6 +16,7 @@ the steps' dropout masks do not depend on when it runs (tests/trainer/test_encod
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -23,6 +26,7 @@ import torch
 JOIN_TIMEOUT_S = 60.0  # a chunk takes well under a second; a thread stuck longer is left behind (daemon)
 LEAD = 2  # chunks queued on the GPU at most: the step's kernels (and any host sync) wait behind no more than these
 PAUSE_FOR_COMPILE = True  # no encodes while the first step compiles (trainer.train): see `paused_for_compile`
+DURING_BASELINE = True  # on a GPU, the first epoch's encodes start before the baseline eval: `encode_during_baseline`
 
 
 class Encoder:
@@ -42,9 +46,16 @@ class Encoder:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._threads = torch.get_num_threads()  # per thread under OpenMP: the encode must match in-line numerics
+        self.images = 0  # encoded by this encoder so far
 
     def __enter__(self) -> Encoder:
-        if self.threaded and not self._done:
+        return self.start()
+
+    def start(self) -> Encoder:
+        """Start the thread (when threaded), once: an encoder started early is entered again by training."""
+        if self.threaded and not self._done and self._thread is None and not self._stop:
+            # the default priority, the lowest: work on a stream of higher priority (the baseline eval's,
+            # `first_on_gpu`) is scheduled before these encodes whenever both wait for the GPU
             stream = torch.cuda.Stream(device=self.cache.device) if self.cache.device.type == "cuda" else None
             self._thread = threading.Thread(target=self._run, args=(stream,), name="encode-ahead", daemon=True)
             self._thread.start()
@@ -114,6 +125,7 @@ class Encoder:
         fresh = [(i, prompt) for i, prompt in chunk if self.examples[i].image_id not in self.cache]
         if fresh:
             ready = self.cache.add([self.examples[i].image_id for i, _ in fresh], [p for _, p in fresh], stream=stream)
+            self.images += len(fresh)
             if ready is not None and queued is not None:
                 queued.append(ready)
         return True
@@ -143,6 +155,39 @@ def choose_encode_ahead(model, memory, device: torch.device, images: int, image_
                    f"in {memory.budget_gib:.0f} GiB: images are encoded between steps")
 
 
+def encode_during_baseline(plan, device: torch.device) -> bool:
+    """Start encoding the first epoch's images before the baseline eval (trainer.run) rather than at training?
+
+    On a GPU, when they are encoded ahead anyway: the baseline's generation is launch-bound (the GPU idles most
+    of each ~100 ms decode step), so the encodes run in time the GPU would otherwise spend idle, at the lowest
+    priority (`first_on_gpu`). On a CPU they would only compete for the cores.
+    """
+    return DURING_BASELINE and device.type == "cuda" and plan.cache is not None and plan.encode_ahead
+
+
+@contextlib.contextmanager
+def first_on_gpu(device: torch.device, active: bool):
+    """GPU work queued in this block is scheduled before the encode-ahead thread's (a high-priority stream).
+
+    Without it, every small decode kernel of the eval's generation waits for an SM behind a queued encode's
+    kernels (~0.4 ms each on average) and generation slows. The block's memory is handed back at its end: the
+    caching allocator keeps freed blocks per stream, and training on the default stream needs all of it.
+    """
+    if not active or device.type != "cuda":
+        yield
+        return
+    main = torch.cuda.current_stream(device)
+    high = torch.cuda.Stream(device=device, priority=-1)  # lower numbers run first; the default stream is 0
+    high.wait_stream(main)
+    try:
+        with torch.cuda.stream(high):
+            yield
+    finally:
+        main.wait_stream(high)
+        high.synchronize()
+        torch.cuda.empty_cache()
+
+
 def paused_for_compile(cache):
     """The block in which the first step compiles: encodes wait (when PAUSE_FOR_COMPILE) until it is queued.
 
@@ -152,8 +197,6 @@ def paused_for_compile(cache):
     Encoding one image at a time beside it (each a CUDA graph, one launch) did not pay either: the compile grew by
     about as much GPU time as the encodes filled (BENCHMARKS.md, eighth set).
     """
-    import contextlib
-
     if cache is None or not PAUSE_FOR_COMPILE:
         return contextlib.nullcontext()
     return cache.paused()

@@ -107,6 +107,7 @@ class FeatureCache:
         self.model, self.processor, self.fmt, self.device, self.offload = model, processor, fmt, device, offload
         self.entries: dict[str, dict[str, torch.Tensor]] = {}
         self.encoded = 0  # images that went through the vision tower
+        self._count = threading.Lock()  # `encoded` grows from the encode-ahead thread and the eval alike
         self.go = threading.Event()  # cleared: encode-ahead threads wait before their next chunk (`paused`)
         self.go.set()
 
@@ -140,7 +141,8 @@ class FeatureCache:
             if ready is not None:
                 entry["ready"] = ready
             self.entries[key] = entry  # last: a waiting reader sees whole entries only
-        self.encoded += len(keys)
+        with self._count:
+            self.encoded += len(keys)
         return ready
 
     def _entry(self, inner, key: str, prompt: dict[str, torch.Tensor], feat: torch.Tensor) -> dict:
@@ -187,21 +189,28 @@ class FeatureCache:
                                            num_workers=workers, collate_fn=_as_list, generator=generator,
                                            pin_memory=self.device.type == "cuda")
 
+    def encoder(self, examples, index_batches, num_workers: int, generator=None, ahead: bool = False):
+        """The trainer.encoding.Encoder of the images these batches need that are not cached yet, in the order
+        the batches first need them (one chunk each). Its thread (when `ahead`) starts on `start()` or `with`."""
+        from trainer.encoding import Encoder
+
+        chunks = self._uncached_chunks(examples, index_batches)
+        loader = self._loader(examples, chunks, num_workers, generator) if chunks else None
+        return Encoder(self, examples, loader, threaded=ahead and loader is not None)
+
     def train_batches(self, examples, index_batches, num_workers: int, generator=None,
-                      shape: tuple[int, int] | None = None, ahead: bool = False):
+                      shape: tuple[int, int] | None = None, ahead: bool = False, encoder=None):
         """Padded training micro-batches (prompt + answer, features as pixel_values) for each index list.
 
         Images not cached yet (the first epoch's) are decoded in DataLoader workers and encoded in the order the
         batches first need them: on a thread of their own when `ahead` (trainer.encoding: the GPU encodes while
         the host compiles, prepares or waits), else in line, just before the batch that needs them.
+        `encoder`: one made (and maybe started) earlier by `encoder()` for the same arguments.
         `shape` (rows, width): every batch padded to it (trainer.collate.fixed_shape_batch), for compiled steps.
         """
-        from trainer.encoding import Encoder
-
         pad_id = self.processor.tokenizer.pad_token_id
-        chunks = self._uncached_chunks(examples, index_batches)
-        loader = self._loader(examples, chunks, num_workers, generator) if chunks else None
-        with Encoder(self, examples, loader, threaded=ahead and loader is not None) as encoder:
+        encoder = encoder or self.encoder(examples, index_batches, num_workers, generator, ahead)
+        with encoder:
             for batch in index_batches:
                 keys = [examples[i].image_id for i in batch]
                 encoder.ensure(keys)

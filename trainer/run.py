@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
+from trainer.batches import prepare_batches
 from trainer.checkpoint import checkpoints_root, latest_checkpoint
 from trainer.collate import TrainSamples, answer_ids, build_chat_format, pad_batch
 from trainer.config import TrainConfig
 from trainer.data import load_splits, select
-from trainer.encoding import choose_encode_ahead
+from trainer.encoding import choose_encode_ahead, encode_during_baseline, first_on_gpu
 from trainer.evaluate import evaluate
 from trainer.events import EventSink, hf_token, log
 from trainer.features import frozen_vision, new_cache
@@ -97,19 +98,31 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
 
     # ---------------------------------------------------------------- baseline (adapters off = the base model)
     t = time.perf_counter()
-    baseline = _baseline(out, cfg, model, loaded, fmt, eval_set, sink, plan)
+    early = encode_during_baseline(plan, loaded.device)  # the first epoch's images encode in the eval's idle GPU
+    prepared = (prepare_batches(samples, train_set, loaded.processor, cfg, plan, state.step, total, loaded.device,
+                                encode_now=True) if early else None)
+    try:
+        with first_on_gpu(loaded.device, early):
+            baseline = _baseline(out, cfg, model, loaded, fmt, eval_set, sink, plan)
+    except BaseException:
+        if prepared:
+            prepared[1].close()
+        raise
     timings["baseline_eval_s"] = time.perf_counter() - t
+    during_baseline = prepared[1].encoder.images if prepared else 0
+    if early:
+        log(f"encode ahead: {during_baseline} of the first epoch's images encoded during the baseline eval")
 
     # ---------------------------------------------------------------- train
     t = time.perf_counter()
     if not found:  # a resumed run keeps the RNG state restored from its checkpoint: same dropout masks
         set_seed(cfg.seed)
     state = train(model, loaded.processor, samples, cfg, state, opt, sched, total, loaded.device, sink, plan,
-                  train_set)
+                  train_set, prepared)
     timings["train_s"] = time.perf_counter() - t
     if plan.cache is not None:
         sink.emit("image_cache", images=plan.cache.encoded, train_images=len(train_set), gib=plan.cache.gib(),
-                  offload=plan.cache.offload)
+                  offload=plan.cache.offload, during_baseline=during_baseline)
     model.save_pretrained(out / "adapter")
     loaded.processor.save_pretrained(out / "adapter")
 

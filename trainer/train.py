@@ -1,11 +1,11 @@
 """The training loop: plain PyTorch, LoRA parameters only, checkpoint + exact resume.
 
-Each optimizer step takes batch_size x gradient_accumulation_steps samples from a seeded permutation per epoch
-(`MicroBatches`), so the data order is a pure function of (seed, step): a resumed run trains on exactly the samples
-the killed one would have. The loss is the mean over all the step's answer tokens, so how a step is split into
-micro-batches (`StepPlan`, chosen by trainer.memory) does not change the gradient. `plain_loss_sum` is the
-reference computation; `answer_loss_sum` the fast one (LM head at the answer positions only), fed cached image
-features by trainer.features; tests/trainer/test_fast_path.py holds them equal.
+Each optimizer step takes its samples from a seeded permutation per epoch (trainer.batches), so the data order is
+a pure function of (seed, step): a resumed run trains on exactly the samples the killed one would have. The loss is
+the mean over all the step's answer tokens, so how a step is split into micro-batches (`StepPlan`, chosen by
+trainer.memory) does not change the gradient. `plain_loss_sum` is the reference computation; `answer_loss_sum` the
+fast one (LM head at the answer positions only), fed cached image features by trainer.features;
+tests/trainer/test_fast_path.py holds them equal.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.batches import StepBatches, prepare_batches
 from trainer.checkpoint import checkpoints_root
-from trainer.collate import IGNORE, pad_batch
+from trainer.collate import IGNORE
 from trainer.config import TrainConfig
 from trainer.events import EventSink
 from trainer.snapshot import BackgroundCheckpoints, snapshot
@@ -49,26 +49,6 @@ def plan_steps(n_train: int, cfg: TrainConfig) -> tuple[int, int]:
     micro_per_epoch = math.ceil(n_train / cfg.batch_size)
     total = math.ceil(micro_per_epoch * cfg.num_epochs / cfg.gradient_accumulation_steps)
     return micro_per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
-
-
-class MicroBatches(torch.utils.data.Sampler):
-    """Index lists of micro-batches `start .. start+count-1` over a fresh seeded permutation each epoch."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, count: int):
-        self.n, self.batch_size, self.seed, self.start, self.count = n, batch_size, seed, start, count
-        self.per_epoch = math.ceil(n / batch_size)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self):
-        perm, perm_epoch = None, -1
-        for g in range(self.start, self.start + self.count):
-            epoch, i = divmod(g, self.per_epoch)
-            if epoch != perm_epoch:
-                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
-                perm_epoch = epoch
-            yield perm[i * self.batch_size:(i + 1) * self.batch_size]
 
 
 def forward_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -170,36 +150,6 @@ class StepPlan:
     encode_ahead: bool = False  # first-epoch images encoded on a thread + stream of their own (trainer.encoding)
 
 
-def step_index_lists(n: int, cfg: TrainConfig, first_step: int, total: int) -> list[list[int]]:
-    """The sample indices of each optimizer step first_step+1 .. total (the same for every StepPlan)."""
-    accum = cfg.gradient_accumulation_steps
-    sampler = iter(MicroBatches(n, cfg.batch_size, cfg.seed, first_step * accum, (total - first_step) * accum))
-    return [[i for _ in range(accum) for i in next(sampler)] for _ in range(total - first_step)]
-
-
-def _split(indices: list[int], size: int) -> list[list[int]]:
-    return [indices[s:s + size] for s in range(0, len(indices), size)]
-
-
-def _step_batches(dataset, examples, processor, cfg: TrainConfig, plan: StepPlan, steps: list[list[int]],
-                  device, first_step: int):
-    """For each step, the list of padded micro-batches (decoded in workers, or from the feature cache)."""
-    micro = [_split(step, plan.micro_batch) for step in steps]
-    flat = [m for step in micro for m in step]
-    # own generator: the loader's worker-seed draw must not advance the global RNG, or a resumed run would
-    # get other dropout masks
-    generator = torch.Generator().manual_seed(cfg.seed + first_step)
-    if plan.cache is not None:
-        batches = plan.cache.train_batches(examples, flat, cfg.num_workers, generator, plan.shape, plan.encode_ahead)
-    else:
-        workers = cfg.num_workers if device.type == "cuda" else 0  # CPU runs: workers only compete for the cores
-        batches = iter(torch.utils.data.DataLoader(
-            dataset, batch_sampler=flat, num_workers=workers, pin_memory=device.type == "cuda",
-            collate_fn=partial(pad_batch, pad_id=processor.tokenizer.pad_token_id), generator=generator))
-    for step in micro:
-        yield [next(batches) for _ in step]
-
-
 def run_step(model, micro_batches: list[dict], plan: StepPlan, device) -> torch.Tensor:
     """Forward/backward every micro-batch of one step; the loss is the mean over all the step's answer tokens.
 
@@ -240,16 +190,17 @@ def step_context(model, cached: bool, fused: bool, compiled: bool = False):
 
 
 def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, sched, total: int,
-          device: torch.device, sink: EventSink, plan: StepPlan | None = None, examples=None) -> TrainState:
+          device: torch.device, sink: EventSink, plan: StepPlan | None = None, examples=None,
+          prepared: tuple[list[list[int]], StepBatches] | None = None) -> TrainState:
     """Run optimizer steps state.step+1 .. total, emitting step and checkpoint events.
 
     A step's loss is read (which waits for the GPU) only once the next step is queued, so the GPU never idles
     while the host reports and prepares; the first and the last step are read at once. Checkpoints are copied
     off in stream order and written by a thread (trainer.snapshot), so they do not wait for the GPU either.
+    `prepared`: `prepare_batches(...)` for the same state, made earlier (its images may be encoding already).
     """
     plan = plan or StepPlan(cfg.batch_size)
-    steps = step_index_lists(len(dataset), cfg, state.step, total)
-    batches = _step_batches(dataset, examples, processor, cfg, plan, steps, device, state.step)
+    steps, batches = prepared or prepare_batches(dataset, examples, processor, cfg, plan, state.step, total, device)
     model.train()
     report = _Reporter(sink, state, total, len(dataset) / (cfg.batch_size * cfg.gradient_accumulation_steps),
                        cfg.learning_rate)
@@ -273,6 +224,7 @@ def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, s
         batches.close()  # stops the encode-ahead thread (trainer.encoding) before the error goes up
         checkpoints.wait(quiet=True)  # the last checkpoint still lands, for the retry
         raise
+    batches.close()
     checkpoints.wait()
     return state
 

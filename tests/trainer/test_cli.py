@@ -25,7 +25,7 @@ EVENT_KEYS = {
     "checkpoint": {"step", "path"},
     "done": {"metrics_path", "baseline", "final", "elapsed_s"},
     "memory_plan": {"micro_batch", "accumulation", "checkpointing", "why", "feature_cache"},
-    "image_cache": {"images", "train_images", "gib", "offload"},
+    "image_cache": {"images", "train_images", "gib", "offload", "during_baseline"},
 }
 
 

@@ -165,3 +165,57 @@ def test_the_encode_estimate_at_real_dims_covers_what_an_h100_measured():
     vision = types.SimpleNamespace(image_size=896, patch_size=14, intermediate_size=4304, hidden_size=1152)
     model = types.SimpleNamespace(config=types.SimpleNamespace(vision_config=vision))
     assert 2.0 < encode_bytes(model, 16) / 2**30 < 6.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id", ["builtin:tiny-gemma3", "builtin:tiny-gemma4"])
+def test_training_images_encoded_during_the_baseline_train_and_evaluate_exactly_the_same(tmp_path, monkeypatch,
+                                                                                        model_id):
+    """On a GPU the first epoch's encodes start before the baseline eval; the run must not notice (CPU: forced)."""
+    import json
+
+    import trainer.run as run_module
+    from trainer.events import ListSink
+
+    cfg = TrainConfig(model_id=model_id, dataset="builtin:synthetic-pets", prompt="short", train_size=12,
+                      eval_size=6, batch_size=2, gradient_accumulation_steps=2, num_epochs=2, learning_rate=1e-2,
+                      lora_r=4, eval_mode="both", max_new_tokens=3, num_workers=0, save_steps=0)
+    baseline = run_module._baseline
+
+    def baseline_once_encodes_began(*args):  # the eval starts only once the thread has encoded something
+        cache = args[-1].cache
+        for _ in range(600):
+            if cache.encoded:
+                break
+            threading.Event().wait(0.05)
+        return baseline(*args)
+
+    sinks = {}
+    for early in (False, True):
+        monkeypatch.setattr(run_module, "encode_during_baseline", lambda plan, device, early=early: early)
+        monkeypatch.setattr(run_module, "_baseline", baseline_once_encodes_began if early else baseline)
+        sinks[early] = ListSink()
+        assert run_module.run(cfg.replace(output_dir=str(tmp_path / str(early))), sinks[early]) == 0
+        assert not _encoder_threads()
+
+    def of(early, kind):
+        return [{k: v for k, v in e.items() if k not in ("time", "samples_per_s", "eta_s")}
+                for e in sinks[early].events if e["event"] == kind]
+
+    assert of(True, "step") == of(False, "step")  # the same losses bit for bit: the same features, dropout masks
+    assert of(True, "eval") == of(False, "eval")
+    caches = {early: of(early, "image_cache")[0] for early in (False, True)}
+    assert caches[False]["during_baseline"] == 0 and 1 <= caches[True]["during_baseline"] <= 12
+    assert caches[True]["images"] == caches[False]["images"] == 12 + 6  # still each image once
+
+    def predictions(early):
+        return (tmp_path / str(early) / "predictions.jsonl").read_text().splitlines()
+
+    assert [json.loads(r) for r in predictions(True)] == [json.loads(r) for r in predictions(False)]
+
+
+def test_the_eval_stream_block_is_a_no_op_without_a_gpu():
+    from trainer.encoding import first_on_gpu
+
+    with first_on_gpu(torch.device("cpu"), active=True):
+        assert torch.ones(2).sum() == 2
