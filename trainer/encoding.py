@@ -5,8 +5,8 @@ the default run that is the whole first epoch, 16 images (~220 ms of GPU) a step
 the encodes wait for the host whenever it falls behind. On a thread with its own stream they run as far ahead as
 the GPU allows (at most LEAD chunks queued), in the order the batches need them, and the training stream waits
 (on the GPU, through an event) only for the images of the batch at hand. On a GPU they start before the baseline
-eval, whose launch-bound generation leaves the GPU idle much of the time, at a lower priority than the eval's
-kernels (`encode_during_baseline`, `first_on_gpu`; measured: the run 4-5 s shorter). They pause while the first step compiles
+eval, whose launch-bound generation leaves the GPU idle much of the time (`encode_during_baseline`; measured: the
+run 4-5 s shorter). They pause while the first step compiles
 (`paused_for_compile`: encoding beside the compile made it three times slower).
 
 The features are the ones the in-line path computes: the same chunks of images, through the same code (the image
@@ -54,8 +54,6 @@ class Encoder:
     def start(self) -> Encoder:
         """Start the thread (when threaded), once: an encoder started early is entered again by training."""
         if self.threaded and not self._done and self._thread is None and not self._stop:
-            # the default priority, the lowest: work on a stream of higher priority (the baseline eval's,
-            # `first_on_gpu`) is scheduled before these encodes whenever both wait for the GPU
             stream = torch.cuda.Stream(device=self.cache.device) if self.cache.device.type == "cuda" else None
             self._thread = threading.Thread(target=self._run, args=(stream,), name="encode-ahead", daemon=True)
             self._thread.start()
@@ -161,34 +159,11 @@ def encode_during_baseline(plan, device: torch.device) -> bool:
     On a GPU, when they are encoded ahead anyway: the baseline's generation is launch-bound (the GPU idles most
     of each ~100 ms decode step), so the encodes get GPU time the eval leaves over. Not free: measured on H100s
     (BENCHMARKS.md, ninth set), the eval's generation ran at about half speed beside them and the baseline grew by
-    8-11 s for ~14 s of encodes taken out of training; the run as a whole got 4-5 s shorter. On a CPU they would
-    only compete for the cores.
+    8-11 s for ~14 s of encodes taken out of training; the run as a whole got 4-5 s shorter. Running the eval on
+    a high-priority stream made no difference there (measured, dropped). On a CPU they would only compete for the
+    cores.
     """
     return DURING_BASELINE and device.type == "cuda" and plan.cache is not None and plan.encode_ahead
-
-
-@contextlib.contextmanager
-def first_on_gpu(device: torch.device, active: bool):
-    """GPU work queued in this block is scheduled before the encode-ahead thread's (a high-priority stream).
-
-    The eval's kernels then take the SMs first whenever both are waiting for one. (Generation still slowed beside
-    the encodes, by about as much with 4 images per encode call as with 16; the same run on the default stream was
-    not measured.) The block's memory is handed back at its end: the caching allocator keeps freed blocks per
-    stream, and training on the default stream needs all of it.
-    """
-    if not active or device.type != "cuda":
-        yield
-        return
-    main = torch.cuda.current_stream(device)
-    high = torch.cuda.Stream(device=device, priority=-1)  # lower numbers run first; the default stream is 0
-    high.wait_stream(main)
-    try:
-        with torch.cuda.stream(high):
-            yield
-    finally:
-        main.wait_stream(high)
-        high.synchronize()
-        torch.cuda.empty_cache()
 
 
 def paused_for_compile(cache):

@@ -21,7 +21,7 @@ from trainer.checkpoint import checkpoints_root, latest_checkpoint
 from trainer.collate import TrainSamples, answer_ids, build_chat_format, pad_batch
 from trainer.config import TrainConfig
 from trainer.data import load_splits, select
-from trainer.encoding import choose_encode_ahead, encode_during_baseline, first_on_gpu
+from trainer.encoding import choose_encode_ahead, encode_during_baseline
 from trainer.evaluate import evaluate
 from trainer.events import EventSink, hf_token, log
 from trainer.features import frozen_vision, new_cache
@@ -102,8 +102,7 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
     prepared = (prepare_batches(samples, train_set, loaded.processor, cfg, plan, state.step, total, loaded.device,
                                 encode_now=True) if early else None)
     try:
-        with first_on_gpu(loaded.device, early):
-            baseline = _baseline(out, cfg, model, loaded, fmt, eval_set, sink, plan)
+        baseline = _baseline(out, cfg, model, loaded, fmt, eval_set, sink, plan)
     except BaseException:
         if prepared:
             prepared[1].close()
