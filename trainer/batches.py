@@ -42,7 +42,6 @@ class MicroBatches(torch.utils.data.Sampler):
             yield perm[i * self.batch_size:(i + 1) * self.batch_size]
 
 
-
 def step_index_lists(n: int, cfg: TrainConfig, first_step: int, total: int) -> list[list[int]]:
     """The sample indices of each optimizer step first_step+1 .. total (the same for every StepPlan)."""
     accum = cfg.gradient_accumulation_steps
@@ -52,7 +51,6 @@ def step_index_lists(n: int, cfg: TrainConfig, first_step: int, total: int) -> l
 
 def _split(indices: list[int], size: int) -> list[list[int]]:
     return [indices[s:s + size] for s in range(0, len(indices), size)]
-
 
 
 class StepBatches:

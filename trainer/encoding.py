@@ -6,8 +6,8 @@ the encodes wait for the host whenever it falls behind. On a thread with its own
 the GPU allows (at most LEAD chunks queued), in the order the batches need them, and the training stream waits
 (on the GPU, through an event) only for the images of the batch at hand. On a GPU they start before the baseline
 eval, whose launch-bound generation leaves the GPU idle much of the time (`encode_during_baseline`; measured: the
-run 4-5 s shorter). They pause while the first step compiles
-(`paused_for_compile`: encoding beside the compile made it three times slower).
+run 4-5 s shorter). They pause while the first step compiles (`paused_for_compile`: encoding beside the compile
+made it three times slower).
 
 The features are the ones the in-line path computes: the same chunks of images, through the same code (the image
 side is never patched by the training step's block, trainer.fused), and an encode draws no random numbers, so
