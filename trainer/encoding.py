@@ -97,7 +97,7 @@ class Encoder:
         from trainer.events import log
 
         torch.set_num_threads(self._threads)
-        started, queued, encoded = time.perf_counter(), deque(), self.cache.encoded
+        started, queued = time.perf_counter(), deque()
         try:
             while not self._stop and self.cache.go.wait() and self._encode_next(stream, queued):
                 with self._cond:
@@ -106,7 +106,8 @@ class Encoder:
                     queued.popleft().synchronize()  # the GIL is released while it waits
             for event in queued:
                 event.synchronize()
-            log(f"encode ahead: {self.cache.encoded - encoded} images encoded in {time.perf_counter() - started:.1f} s")
+            # this thread's own count: the cache's also grows with the eval images the baseline encodes meanwhile
+            log(f"encode ahead: {self.images} images encoded in {time.perf_counter() - started:.1f} s")
         except BaseException as exc:  # noqa: BLE001 -- handed to the training thread, raised by ensure()
             self._error = exc
         finally:

@@ -173,6 +173,7 @@ def test_training_images_encoded_during_the_baseline_train_and_evaluate_exactly_
                                                                                         model_id):
     """On a GPU the first epoch's encodes start before the baseline eval; the run must not notice (CPU: forced)."""
     import json
+    import time
 
     import trainer.run as run_module
     from trainer.events import ListSink
@@ -187,7 +188,7 @@ def test_training_images_encoded_during_the_baseline_train_and_evaluate_exactly_
         for _ in range(600):
             if cache.encoded:
                 break
-            threading.Event().wait(0.05)
+            time.sleep(0.05)
         return baseline(*args)
 
     sinks = {}
