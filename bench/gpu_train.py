@@ -192,6 +192,10 @@ def run_one(args) -> dict:
         import trainer.encoding
 
         trainer.encoding.PAUSE_FOR_COMPILE = False
+    if args.encode == "spinwait":  # the encode-ahead thread spin-waits on its events (default CUDA events)
+        import trainer.features
+
+        trainer.features.BLOCKING_EVENTS = False
     if args.encode == "nobaseline":  # the first epoch's encodes start with training, not before the baseline eval
         import trainer.encoding
 
@@ -379,9 +383,10 @@ def main() -> int:
     parser.add_argument("--first-step-profile", action="store_true", help="cProfile the first (compiling) step")
     parser.add_argument("--probe-benchmarks", action="store_true",
                         help="after the first step, each Triton kernel's autotune cache state (a warm start should miss none)")
-    parser.add_argument("--encode", default="auto", choices=("auto", "inline", "nopause", "nobaseline"),
+    parser.add_argument("--encode", default="auto", choices=("auto", "inline", "nopause", "nobaseline", "spinwait"),
                         help="inline: no encode-ahead thread; nopause: encodes also while the first step compiles; "
-                             "nobaseline: the encode-ahead thread starts with training, not before the baseline")
+                             "nobaseline: the encode-ahead thread starts with training, not before the baseline; "
+                             "spinwait: the thread spin-waits on its encodes' events (default CUDA events)")
     parser.add_argument("--image-bytecode", action="store_true",
                         help="compile all modules to bytecode first, as the image is built (start-up figures)")
     parser.add_argument("--one", help=argparse.SUPPRESS)

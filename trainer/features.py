@@ -23,6 +23,7 @@ import torch
 from trainer.collate import ChatFormat, answer_ids, append_answer, encode_prompt, fixed_shape_batch, pad_batch
 
 PIXEL_KEYS = ("pixel_values", "image_position_ids")
+BLOCKING_EVENTS = True  # the encode-ahead thread sleeps on its encodes' events instead of spinning: `_record`
 
 
 def frozen_vision(cfg) -> bool:
@@ -234,10 +235,17 @@ class FeatureCache:
 
 
 def _record(stream):
-    """An event recorded on `stream` (None: no side stream, nothing to wait for)."""
+    """An event recorded on `stream` (None: no side stream, nothing to wait for).
+
+    Blocking (`BLOCKING_EVENTS`): the encode-ahead thread waits on these events for most of its ~20 s life
+    (trainer.encoding.LEAD), and a default CUDA event's `synchronize()` spins a CPU core polling the driver, beside
+    the DataLoader workers that decode the images. Measured on an H100 host of 16 cores (BENCHMARKS.md, tenth
+    set), the run took as long either way; on a job with few vCPUs the core is worth having back. A stream's
+    `wait_event` on the GPU is the same either way.
+    """
     if stream is None:
         return None
-    event = torch.cuda.Event()
+    event = torch.cuda.Event(blocking=BLOCKING_EVENTS)
     event.record(stream)
     return event
 

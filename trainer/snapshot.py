@@ -88,7 +88,8 @@ def snapshot(model, opt, sched, step: int, losses: list[dict]) -> dict:
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
     if torch.cuda.is_available():
-        snap["ready"] = torch.cuda.Event()
+        # blocking: the writer thread sleeps until the copies land rather than spin a core (trainer.features._record)
+        snap["ready"] = torch.cuda.Event(blocking=True)
         snap["ready"].record()  # after the copies above, in the same stream
     return snap
 
