@@ -6,7 +6,7 @@ the encodes wait for the host whenever it falls behind. On a thread with its own
 the GPU allows (at most LEAD chunks queued), in the order the batches need them, and the training stream waits
 (on the GPU, through an event) only for the images of the batch at hand. On a GPU they start before the baseline
 eval, whose launch-bound generation leaves the GPU idle much of the time (`encode_during_baseline`; measured: the
-run 4-5 s shorter). They pause while the first step compiles (`paused_for_compile`: encoding beside the compile
+run 2-5 s shorter). They pause while the first step compiles (`paused_for_compile`: encoding beside the compile
 made it three times slower).
 
 The features are the ones the in-line path computes: the same chunks of images, through the same code (the image
@@ -159,10 +159,11 @@ def encode_during_baseline(plan, device: torch.device) -> bool:
 
     On a GPU, when they are encoded ahead anyway: the baseline's generation is launch-bound (the GPU idles most
     of each ~100 ms decode step), so the encodes get GPU time the eval leaves over. Not free: measured on H100s
-    (BENCHMARKS.md, ninth set), the eval's generation ran at about half speed beside them and the baseline grew by
-    8-11 s for ~14 s of encodes taken out of training; the run as a whole got 4-5 s shorter. Running the eval on
-    a high-priority stream made no difference there (measured, dropped). On a CPU they would only compete for the
-    cores.
+    (BENCHMARKS.md, ninth and tenth sets), the eval's generation ran at about half speed beside them and the
+    baseline grew by 8-11 s for 12-15 s of encodes taken out of training; baseline + training got 2-5 s shorter,
+    depending on the machine. A high-priority stream for the eval, a green context for the encodes and packed
+    loader transfers made no difference to that slowdown (measured, dropped). On a CPU they would only compete for
+    the cores.
     """
     return DURING_BASELINE and device.type == "cuda" and plan.cache is not None and plan.encode_ahead
 
