@@ -37,16 +37,16 @@ def side_stream(sms: int | None):
     return ctx.Stream(), ctx
 
 
-def side_thread(stop: threading.Event, blocking: bool, size: int, sms: int | None, done: list[int]) -> threading.Thread:
-    """A thread that queues batches of matmuls on its own stream, at most two ahead, waits on an event for each
-    and counts the batches done in `done[0]`."""
+def side_thread(stop: threading.Event, blocking: bool, size: int, sms: int | None, state: dict) -> threading.Thread:
+    """A thread that queues batches of matmuls on its own stream, at most two ahead, waits on an event for each,
+    counts the batches done in `state["done"]` and leaves a failure in `state["error"]`."""
     import torch
 
     def run():
         try:
             work(*side_stream(sms))
-        except Exception as exc:  # noqa: BLE001 -- reported by measure()
-            done.append(exc)
+        except Exception as exc:  # noqa: BLE001 -- raised by measure()
+            state["error"] = exc
 
     def work(stream, _ctx):
         a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
@@ -60,7 +60,7 @@ def side_thread(stop: threading.Event, blocking: bool, size: int, sms: int | Non
             queued.append(event)
             while len(queued) >= 2:
                 queued.pop(0).synchronize()
-                done[0] += 1
+                state["done"] += 1
         for event in queued:
             event.synchronize()
 
@@ -87,20 +87,19 @@ def measure(variant: str, args) -> dict:
     """Median host us per launch over `args.repeats` bursts, with the side thread of `variant` running."""
     stop = threading.Event()
     sms = int(variant.removeprefix("green")) if variant.startswith("green") else None
-    done = [0]
-    thread = None if variant == "alone" else side_thread(stop, variant == "blocking", args.size, sms, done)
-    time.sleep(0.5)
-    started, done[0] = time.perf_counter(), 0  # the side thread's first matmuls are queued
+    state = {"done": 0, "error": None}
+    thread = None if variant == "alone" else side_thread(stop, variant == "blocking", args.size, sms, state)
+    time.sleep(0.5)  # the side thread's first matmuls are queued
+    started, state["done"] = time.perf_counter(), 0
     per_launch = [launches(args.launches, args.width) for _ in range(args.repeats)]
-    side = done[0] / (time.perf_counter() - started) if thread is not None else None
+    side = state["done"] / (time.perf_counter() - started) if thread is not None else None
     stop.set()
     if thread is not None:
         thread.join()
-    if len(done) > 1:
-        raise done[1]
+    if state["error"] is not None:
+        raise state["error"]
     return {"variant": variant, "us_per_launch": round(statistics.median(per_launch), 2),
             "all": [round(v, 2) for v in per_launch], "side_batches_per_s": side and round(side, 1)}
-
 
 
 def main() -> None:
