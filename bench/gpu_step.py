@@ -18,6 +18,7 @@ a raw safetensors read for comparison, and the first (cold) forward + backward.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -37,6 +38,7 @@ def build(args):
     from trainer.config import TrainConfig
     from trainer.features import FeatureCache
     from trainer.model import apply_lora
+    from trainer.train import to_device
 
     device = torch.device(args.device)
     work = Path(args.work)
@@ -65,7 +67,8 @@ def build(args):
     cache = FeatureCache(model, processor, fmt, device)
     cache.add(keys, prompts)
     rows = [append_answer(cache.prompt(k), answer_ids(processor.tokenizer, fmt, i % 37)) for i, k in enumerate(keys)]
-    batch = {k: v.to(device) for k, v in pad_batch(rows, processor.tokenizer.pad_token_id).items()}
+    # as the trainer moves it: the answer rows (and the last layer's grid) found on the host, no wait per step
+    batch = to_device(pad_batch(rows, processor.tokenizer.pad_token_id), device)
     return model, processor, batch
 
 
@@ -127,6 +130,17 @@ def apply_variant(name: str, model, state: dict):
                 yield
 
         state["ctx"] = ctx
+    elif name == "answer_layer":  # + the last decoder layer at the answer rows only (trainer.answer_layer)
+        from trainer.answer_layer import answer_rows_only
+
+        inner = state.get("ctx", contextlib.nullcontext)
+
+        @contextlib.contextmanager
+        def cut():
+            with inner(), answer_rows_only(model):
+                yield
+
+        state["ctx"] = cut
     elif name == "amp":  # peft's layers with bf16 adapter compute: autocast, no fp32 input cast
         for m in lora_modules(model):
             m.cast_input_dtype_enabled = False
@@ -195,6 +209,10 @@ def time_variant(model, batch, opt, ctx, steps: int, warmup: int) -> dict:
     return {"first_loss": first, "check_loss": last, "first_step_s": first_s, "step_s": times[len(times) // 2],
             "step_s_min": times[0], "issue_s": issued[len(issued) // 2], "peak_gib": peak,
             "reserved_gib": torch.cuda.memory_reserved() / 2**30 if cuda else None}
+
+
+def _rng_state(torch):
+    return torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.get_rng_state()
 
 
 def rng_losses(model, batch, opt, ctx, steps: int = 4) -> list[float]:
@@ -300,6 +318,8 @@ def run_steps(args) -> list[dict]:
         row = {"variant": name}
         if args.rng_check:  # from the shared start, before any update: only the masks can differ
             row["rng_losses"] = rng_losses(model, batch, opt, ctx)
+            # the generator's state after those steps: equal between variants that draw as many numbers
+            row["rng_after"] = hashlib.sha1(_rng_state(torch).numpy().tobytes()).hexdigest()[:12]
         row.update(time_variant(model, batch, opt, ctx, args.steps, args.warmup))
         base_loss = row["check_loss"] if base_loss is None else base_loss
         row["loss_rel_diff"] = abs(row["check_loss"] - base_loss) / abs(base_loss)

@@ -200,6 +200,10 @@ def run_one(args) -> dict:
         import trainer.encoding
 
         trainer.encoding.DURING_BASELINE = False
+    if args.whole_last_layer:  # the last decoder layer at every row, as before trainer.answer_layer
+        import trainer.answer_layer
+
+        trainer.answer_layer.CUT = False
     if args.profile_steps:
         profile_steps(marks, [int(s) for s in args.profile_steps.split(",")], Path(args.out) / args.one.replace(":", "-"))
     model_id = f"builtin:{name}" if args.tiny else (args.model_dir or f"bench:{name}")
@@ -387,6 +391,8 @@ def main() -> int:
                         help="inline: no encode-ahead thread; nopause: encodes also while the first step compiles; "
                              "nobaseline: the encode-ahead thread starts with training, not before the baseline; "
                              "spinwait: the thread spin-waits on its encodes' events (default CUDA events)")
+    parser.add_argument("--whole-last-layer", action="store_true",
+                        help="the last decoder layer at every row, not only the answer rows (trainer.answer_layer)")
     parser.add_argument("--image-bytecode", action="store_true",
                         help="compile all modules to bytecode first, as the image is built (start-up figures)")
     parser.add_argument("--one", help=argparse.SUPPRESS)

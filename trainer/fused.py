@@ -55,12 +55,17 @@ def _lora(self, x, *args, **kwargs):
     """A peft LoRA Linear's forward with the adapter in the input's dtype and its add fused into one addmm."""
     if self.disable_adapters or self.merged:  # adapters toggled inside the block: peft's own path
         return type(self).forward(self, x, *args, **kwargs)
-    result = self.base_layer(x, *args, **kwargs)
-    name = self.active_adapters[0]
-    a, b = self.lora_A[name].weight, self.lora_B[name].weight
-    h = F.linear(self.lora_dropout[name](x), a.to(x.dtype))
-    flat = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), b.to(x.dtype).t(),
-                       alpha=self.scaling[name])
+    return lora_add(self, self.base_layer(x, *args, **kwargs), self.lora_dropout[self.active_adapters[0]](x))
+
+
+def lora_add(module, result: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """`result` (the base layer's output) plus the adapter's product of `dropped` (its dropped-out input), the
+    adapter in the input's dtype and its add inside one addmm."""
+    name = module.active_adapters[0]
+    a, b = module.lora_A[name].weight, module.lora_B[name].weight
+    h = F.linear(dropped, a.to(dropped.dtype))
+    flat = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), b.to(dropped.dtype).t(),
+                       alpha=module.scaling[name])
     return flat.view(result.shape)
 
 
