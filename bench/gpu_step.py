@@ -9,6 +9,7 @@ text-model MFU and peak memory are printed. `--profile` adds a torch.profiler ke
     python bench/gpu_step.py --out $OUT --variants peft,fused,nodropout --profile peft,fused
     python bench/gpu_step.py --out $OUT --variants fused,fused_compile --save-cache /tmp/cc.bin   # cold compile
     python bench/gpu_step.py --out $OUT --variants fused,fused_compile --load-cache /tmp/cc.bin   # warm start
+    python bench/gpu_step.py --out $OUT --model gemma-3-12b --batch 4 --variants fused,answer_layer    # the cut
     python bench/gpu_step.py --tiny --device cpu --variants peft,fused,nodropout  # CPU check of the script
 
 `--startup` instead times what precedes the first step: imports, the checkpoint load (cProfile top entries),
@@ -52,6 +53,10 @@ def build(args):
 
         processor = build_processor("gemma3", work)
         model = build_model(SPECS[args.model], processor)
+        if args.qlora:  # NF4 base weights, as the trainer's --quantization 4bit loads them
+            from gpu_models import quantize_nf4
+
+            quantize_nf4(model)
     cfg = TrainConfig(model_id="bench", prompt=args.prompt, lora_dropout=args.lora_dropout)
     model = apply_lora(model, cfg)
     fmt = build_chat_format(processor, cfg.prompt)
@@ -108,11 +113,14 @@ def apply_variant(name: str, model, state: dict):
         from trainer.fused import fused_training
 
         state["ctx"] = lambda: fused_training(model)
-    elif name in ("fused_compile", "fused_compile_static", "fused_graphs"):  # trainer.fused's compiled layers
+    elif name in ("fused_compile", "fused_compile_static", "fused_graphs", "cpp_wrapper"):  # trainer.fused's
+        import torch._inductor.config as inductor_config  # compiled layers
+
         import trainer.fused
         from trainer.fused import decoder_layers, fused_training
 
         torch._dynamo.reset()
+        inductor_config.cpp_wrapper = name == "cpp_wrapper"  # + inductor's C++ wrapper: the launches off Python
         trainer.fused._PATCHES.pop(model, None)  # the layers' compiled calls are found again
         trainer.fused.DYNAMIC = name == "fused_compile"  # _static: shapes fixed, the upper bound
         graphs = name == "fused_graphs"  # + CUDA graphs over the compiled layers (tried, not kept: BENCHMARKS.md)
@@ -400,6 +408,7 @@ def main() -> int:
     p.add_argument("--model", default="gemma-3-4b")
     p.add_argument("--prompt", default="list")
     p.add_argument("--batch", type=int, default=16, help="samples per forward/backward")
+    p.add_argument("--qlora", action="store_true", help="NF4 base weights (bitsandbytes), LoRA on top")
     p.add_argument("--lora-dropout", type=float, default=0.05)
     p.add_argument("--variants", default="peft,fused,nodropout")
     p.add_argument("--profile", default="", help="comma list of variants to profile")

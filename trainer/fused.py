@@ -136,6 +136,7 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return list(text.layers) if text is not None else []
 
 
+CPP_WRAPPER = False  # trial: inductor's C++ wrapper around the compiled layers' kernels (bench: --cpp-wrapper)
 DYNAMIC = False  # static shapes (the trainer pads compiled micro-batches to one shape): dynamic-shape graphs took
 # 114 s to compile cold and 63 s warm on an H100, static ones ~29 s cold and ~7 s warm (BENCHMARKS.md)
 
@@ -145,6 +146,7 @@ def compiled_layers(model) -> list[tuple[torch.nn.Module, Callable]]:
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True  # dropout from eager's RNG: the same masks as the eager step
+    inductor_config.cpp_wrapper = CPP_WRAPPER
     torch._dynamo.config.automatic_dynamic_shapes = DYNAMIC  # a new shape: its own static graph, not a dynamic one
     return [(layer, _once(layer, "_gemmactl_compiled", lambda layer=layer: torch.compile(layer._call_impl,
                                                                                            dynamic=DYNAMIC)))
