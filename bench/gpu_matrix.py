@@ -122,8 +122,6 @@ def run_matrix(args) -> list[dict]:
                "--profile-steps", args.profile_steps, "--encode", args.encode] + (["--tiny"] if args.tiny else [])
         cmd += ["--first-step-profile"] if args.first_step_profile else []
         cmd += ["--probe-benchmarks"] if args.probe_benchmarks else []
-        cmd += [f for f, on in (("--whole-last-layer", getattr(args, "whole_last_layer", False)),
-                                ("--cpp-wrapper", getattr(args, "cpp_wrapper", False))) if on]
         if args.from_disk and name == "gemma-3-4b":
             cmd += ["--model-dir", str(save_checkpoint_dir(name, work))]
         results.append(_child(cmd, name, mode, left, work))

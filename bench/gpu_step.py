@@ -9,7 +9,7 @@ text-model MFU and peak memory are printed. `--profile` adds a torch.profiler ke
     python bench/gpu_step.py --out $OUT --variants peft,fused,nodropout --profile peft,fused
     python bench/gpu_step.py --out $OUT --variants fused,fused_compile --save-cache /tmp/cc.bin   # cold compile
     python bench/gpu_step.py --out $OUT --variants fused,fused_compile --load-cache /tmp/cc.bin   # warm start
-    python bench/gpu_step.py --out $OUT --model gemma-3-12b --batch 4 --variants fused,answer_layer    # the cut
+    python bench/gpu_step.py --out $OUT --qlora --variants fused                   # NF4 base weights, LoRA on top
     python bench/gpu_step.py --tiny --device cpu --variants peft,fused,nodropout  # CPU check of the script
 
 `--startup` instead times what precedes the first step: imports, the checkpoint load (cProfile top entries),
@@ -120,7 +120,8 @@ def apply_variant(name: str, model, state: dict):
         from trainer.fused import decoder_layers, fused_training
 
         torch._dynamo.reset()
-        inductor_config.cpp_wrapper = name == "cpp_wrapper"  # + inductor's C++ wrapper: the launches off Python
+        # cpp_wrapper: inductor's C++ wrapper, to take the launches off Python (tried, not kept: BENCHMARKS.md)
+        inductor_config.cpp_wrapper = name == "cpp_wrapper"
         trainer.fused._PATCHES.pop(model, None)  # the layers' compiled calls are found again
         trainer.fused.DYNAMIC = name == "fused_compile"  # _static: shapes fixed, the upper bound
         graphs = name == "fused_graphs"  # + CUDA graphs over the compiled layers (tried, not kept: BENCHMARKS.md)
@@ -138,17 +139,6 @@ def apply_variant(name: str, model, state: dict):
                 yield
 
         state["ctx"] = ctx
-    elif name == "answer_layer":  # + the last decoder layer at the answer rows only (trainer.answer_layer)
-        from trainer.answer_layer import answer_rows_only
-
-        inner = state.get("ctx", contextlib.nullcontext)
-
-        @contextlib.contextmanager
-        def cut():
-            with inner(), answer_rows_only(model):
-                yield
-
-        state["ctx"] = cut
     elif name == "amp":  # peft's layers with bf16 adapter compute: autocast, no fp32 input cast
         for m in lora_modules(model):
             m.cast_input_dtype_enabled = False

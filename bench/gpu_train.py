@@ -200,14 +200,6 @@ def run_one(args) -> dict:
         import trainer.encoding
 
         trainer.encoding.DURING_BASELINE = False
-    if args.whole_last_layer:  # the last decoder layer at every row, as before trainer.answer_layer
-        import trainer.answer_layer
-
-        trainer.answer_layer.CUT = False
-    if args.cpp_wrapper:  # inductor's C++ wrapper around the compiled layers (a trial)
-        import trainer.fused
-
-        trainer.fused.CPP_WRAPPER = True
     if args.profile_steps:
         profile_steps(marks, [int(s) for s in args.profile_steps.split(",")], Path(args.out) / args.one.replace(":", "-"))
     model_id = f"builtin:{name}" if args.tiny else (args.model_dir or f"bench:{name}")
@@ -219,8 +211,7 @@ def run_one(args) -> dict:
     sink = TimedSink()
     marks["run_entry"] = time.time()  # process start -> here: interpreter, imports, hooks
     run(cfg, sink)
-    trials = {"encode": args.encode, "whole_last_layer": args.whole_last_layer, "cpp_wrapper": args.cpp_wrapper}
-    return summarise(cfg, sink.events, marks, t_proc, name, mode) | {"trials": trials}
+    return summarise(cfg, sink.events, marks, t_proc, name, mode)
 
 
 def _generate_full_length(marks: dict) -> None:
@@ -396,9 +387,6 @@ def main() -> int:
                         help="inline: no encode-ahead thread; nopause: encodes also while the first step compiles; "
                              "nobaseline: the encode-ahead thread starts with training, not before the baseline; "
                              "spinwait: the thread spin-waits on its encodes' events (default CUDA events)")
-    parser.add_argument("--whole-last-layer", action="store_true",
-                        help="the last decoder layer at every row, not only the answer rows (trainer.answer_layer)")
-    parser.add_argument("--cpp-wrapper", action="store_true", help="inductor's C++ wrapper (trainer.fused)")
     parser.add_argument("--image-bytecode", action="store_true",
                         help="compile all modules to bytecode first, as the image is built (start-up figures)")
     parser.add_argument("--one", help=argparse.SUPPRESS)

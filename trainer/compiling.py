@@ -19,8 +19,6 @@ from pathlib import Path
 
 import torch
 
-import trainer.fused as _fused
-
 COLD_COMPILE_S = 29.0  # compiling gemma-3-4b's decoder layers cold, static shapes, H100 (BENCHMARKS.md)
 WARM_COMPILE_S = 7.0  # the same from the cache file: tracing and loading (same section)
 STEP_SAVING = 0.28  # fraction of the eager step that compilation saves: 37.7 -> 52.2 samples/s steady
@@ -32,7 +30,7 @@ def cache_path(cfg, model, device: torch.device) -> Path:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     text = model.config.get_text_config().to_dict()
     key = json.dumps([torch.__version__, gpu, sorted((k, str(v)) for k, v in text.items()), cfg.lora_r,
-                      cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target, _fused.CPP_WRAPPER], sort_keys=True)
+                      cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target], sort_keys=True)
     return Path(cfg.output_dir).resolve().parent / ".compile-cache" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.bin"
 
 

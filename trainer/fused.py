@@ -55,17 +55,12 @@ def _lora(self, x, *args, **kwargs):
     """A peft LoRA Linear's forward with the adapter in the input's dtype and its add fused into one addmm."""
     if self.disable_adapters or self.merged:  # adapters toggled inside the block: peft's own path
         return type(self).forward(self, x, *args, **kwargs)
-    return lora_add(self, self.base_layer(x, *args, **kwargs), self.lora_dropout[self.active_adapters[0]](x))
-
-
-def lora_add(module, result: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
-    """`result` (the base layer's output) plus the adapter's product of `dropped` (its dropped-out input), the
-    adapter in the input's dtype and its add inside one addmm."""
-    name = module.active_adapters[0]
-    a, b = module.lora_A[name].weight, module.lora_B[name].weight
-    h = F.linear(dropped, a.to(dropped.dtype))
-    flat = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), b.to(dropped.dtype).t(),
-                       alpha=module.scaling[name])
+    result = self.base_layer(x, *args, **kwargs)
+    name = self.active_adapters[0]
+    a, b = self.lora_A[name].weight, self.lora_B[name].weight
+    h = F.linear(self.lora_dropout[name](x), a.to(x.dtype))
+    flat = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), b.to(x.dtype).t(),
+                       alpha=self.scaling[name])
     return flat.view(result.shape)
 
 
@@ -136,7 +131,6 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return list(text.layers) if text is not None else []
 
 
-CPP_WRAPPER = False  # trial: inductor's C++ wrapper around the compiled layers' kernels (bench: --cpp-wrapper)
 DYNAMIC = False  # static shapes (the trainer pads compiled micro-batches to one shape): dynamic-shape graphs took
 # 114 s to compile cold and 63 s warm on an H100, static ones ~29 s cold and ~7 s warm (BENCHMARKS.md)
 
@@ -146,7 +140,6 @@ def compiled_layers(model) -> list[tuple[torch.nn.Module, Callable]]:
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True  # dropout from eager's RNG: the same masks as the eager step
-    inductor_config.cpp_wrapper = CPP_WRAPPER
     torch._dynamo.config.automatic_dynamic_shapes = DYNAMIC  # a new shape: its own static graph, not a dynamic one
     return [(layer, _once(layer, "_gemmactl_compiled", lambda layer=layer: torch.compile(layer._call_impl,
                                                                                            dynamic=DYNAMIC)))

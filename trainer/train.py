@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.answer_layer import ROWS_LAYER, answer_grid, answer_rows_only, at_rows
 from trainer.batches import StepBatches, prepare_batches
 from trainer.checkpoint import checkpoints_root
 from trainer.collate import IGNORE
@@ -31,8 +30,6 @@ from trainer.events import EventSink
 from trainer.snapshot import BackgroundCheckpoints, snapshot
 
 ANSWER_ROWS = "answer_rows"  # batch key: answer_rows(labels), computed on the host (answer_loss_sum)
-ANSWER_GRID, ANSWER_SLOTS = "answer_grid", "answer_slots"  # batch keys: trainer.answer_layer.answer_grid(labels)
-_NOT_INPUTS = ("labels", ANSWER_ROWS, ANSWER_GRID, ANSWER_SLOTS)
 
 
 @dataclass
@@ -85,17 +82,8 @@ def answer_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     rows = batch.get(ANSWER_ROWS)
     rows = answer_rows(labels) if rows is None else rows
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layer = base.__dict__.get(ROWS_LAYER)  # set inside trainer.answer_layer.answer_rows_only
-    if layer is None:
-        hidden = base.model(**_model_inputs(batch), use_cache=False).last_hidden_state
-        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
-    else:  # the last layer computed at the answer rows only: hidden is (B, answers, H)
-        grid, slots = (batch[ANSWER_GRID], batch[ANSWER_SLOTS]) if ANSWER_GRID in batch else \
-            (t.to(labels.device) for t in answer_grid(labels.cpu()))
-        with at_rows(layer, grid):
-            hidden = base.model(**_model_inputs(batch), use_cache=False).last_hidden_state
-        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, slots)
-    logits = base.lm_head(picked)
+    hidden = base.model(**_model_inputs(batch), use_cache=False).last_hidden_state
+    logits = base.lm_head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows))
     cap = base.config.get_text_config().final_logit_softcapping if base.config.model_type == "gemma4" else None
     if cap:
         logits = torch.tanh(logits / cap) * cap
@@ -111,7 +99,7 @@ def answer_rows(labels: torch.Tensor) -> torch.Tensor:
 
 
 def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in batch.items() if k not in _NOT_INPUTS}
+    return {k: v for k, v in batch.items() if k not in ("labels", ANSWER_ROWS)}
 
 
 def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -183,8 +171,7 @@ def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]
     """The batch on `device` without waiting for the GPU: host tensors are pinned and copied asynchronously, and
     the answer positions are found on the host first (trainer.train.answer_rows)."""
     if "labels" in batch and batch["labels"].device.type == "cpu":
-        batch = {**batch, ANSWER_ROWS: answer_rows(batch["labels"]),
-                 **dict(zip((ANSWER_GRID, ANSWER_SLOTS), answer_grid(batch["labels"]), strict=True))}
+        batch = {**batch, ANSWER_ROWS: answer_rows(batch["labels"])}
     cuda = torch.device(device).type == "cuda"
     return {k: (v.pin_memory() if cuda and v.device.type == "cpu" else v).to(device, non_blocking=True)
             for k, v in batch.items()}
@@ -192,15 +179,13 @@ def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]
 
 @contextlib.contextmanager
 def step_context(model, cached: bool, fused: bool, compiled: bool = False):
-    """Inside: pixel_values are cached image features (trainer.features), the fused (and compiled) forwards run
-    (trainer.fused) and the answer loss cuts the last layer to the answer rows (trainer.answer_layer); all are
-    no-ops for the plain path."""
+    """Inside: pixel_values are cached image features (trainer.features) and the fused (and compiled) forwards
+    run (trainer.fused); all are no-ops for the plain path."""
     from trainer.features import image_features_passthrough
     from trainer.fused import fused_training
 
     with (image_features_passthrough(model) if cached else contextlib.nullcontext()), \
-            fused_training(model, fused, compiled), \
-            (answer_rows_only(model) if fused else contextlib.nullcontext()):
+            fused_training(model, fused, compiled):
         yield
 
 
