@@ -72,7 +72,7 @@ def build(args):
     cache = FeatureCache(model, processor, fmt, device)
     cache.add(keys, prompts)
     rows = [append_answer(cache.prompt(k), answer_ids(processor.tokenizer, fmt, i % 37)) for i, k in enumerate(keys)]
-    # as the trainer moves it: the answer rows (and the last layer's grid) found on the host, no wait per step
+    # as the trainer moves it: the answer rows found on the host, so no step waits for the GPU to find them
     batch = to_device(pad_batch(rows, processor.tokenizer.pad_token_id), device)
     return model, processor, batch
 

@@ -131,10 +131,9 @@ def compiled_with(inner, backend: str, pixels, reference, args) -> dict:
             t = time.perf_counter()
             inner.get_image_features(pixels, return_dict=True)
             first = time.perf_counter() - t
+        return row(f"compiled_{backend}", ctx, inner, pixels, reference, args) | {"first_call_s": round(first, 2)}
     except Exception as exc:  # noqa: BLE001 -- e.g. no cuDNN attention on this device: a row that says so
         return {"variant": f"compiled_{backend}", "batch": len(pixels), "error": str(exc).splitlines()[0][:200]}
-    try:
-        return row(f"compiled_{backend}", ctx, inner, pixels, reference, args) | {"first_call_s": round(first, 2)}
     finally:
         inner.vision_tower = tower
 
