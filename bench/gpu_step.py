@@ -209,8 +209,12 @@ def time_variant(model, batch, opt, ctx, steps: int, warmup: int) -> dict:
             "reserved_gib": torch.cuda.memory_reserved() / 2**30 if cuda else None}
 
 
-def _rng_state(torch):
-    return torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.get_rng_state()
+def rng_digest() -> str:
+    """A short digest of the generator's state (CUDA's on a GPU): equal after equal numbers of random draws."""
+    import torch
+
+    state = torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.get_rng_state()
+    return hashlib.sha1(state.numpy().tobytes()).hexdigest()[:12]
 
 
 def rng_losses(model, batch, opt, ctx, steps: int = 4) -> list[float]:
@@ -316,8 +320,7 @@ def run_steps(args) -> list[dict]:
         row = {"variant": name}
         if args.rng_check:  # from the shared start, before any update: only the masks can differ
             row["rng_losses"] = rng_losses(model, batch, opt, ctx)
-            # the generator's state after those steps: equal between variants that draw as many numbers
-            row["rng_after"] = hashlib.sha1(_rng_state(torch).numpy().tobytes()).hexdigest()[:12]
+            row["rng_after"] = rng_digest()  # after those steps: equal between variants drawing as many numbers
         row.update(time_variant(model, batch, opt, ctx, args.steps, args.warmup))
         base_loss = row["check_loss"] if base_loss is None else base_loss
         row["loss_rel_diff"] = abs(row["check_loss"] - base_loss) / abs(base_loss)
