@@ -122,7 +122,6 @@ def run_matrix(args) -> list[dict]:
                "--profile-steps", args.profile_steps, "--encode", args.encode] + (["--tiny"] if args.tiny else [])
         cmd += ["--first-step-profile"] if args.first_step_profile else []
         cmd += ["--probe-benchmarks"] if args.probe_benchmarks else []
-        cmd += ["--check-preencode"] if args.check_preencode else []
         if args.from_disk and name == "gemma-3-4b":
             cmd += ["--model-dir", str(save_checkpoint_dir(name, work))]
         results.append(_child(cmd, name, mode, left, work))

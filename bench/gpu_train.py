@@ -170,9 +170,7 @@ def run_one(args) -> dict:
 
     spec = None if args.tiny else SPECS[name]
     work = Path(args.work)
-    cfg = _config(args, name, mode, work)
-    shutil.rmtree(cfg.output_dir, ignore_errors=True)  # a finished run dir would make the trainer exit at once
-    child = _start_preencoder(cfg)  # where `python -m trainer` starts it: before the heavy imports
+    from trainer.config import TrainConfig
     from trainer.run import run
 
     marks: dict = {}
@@ -186,8 +184,6 @@ def run_one(args) -> dict:
         probe_benchmarks(marks)
     if args.first_step_profile:
         profile_first_step(Path(args.out) / args.one.replace(":", "-"))
-    if args.check_preencode:
-        check_preencode(marks)
     if args.encode == "inline":  # the first epoch's images encoded between steps, as before trainer.encoding
         import trainer.run as run_mod
 
@@ -206,62 +202,16 @@ def run_one(args) -> dict:
         trainer.encoding.DURING_BASELINE = False
     if args.profile_steps:
         profile_steps(marks, [int(s) for s in args.profile_steps.split(",")], Path(args.out) / args.one.replace(":", "-"))
+    model_id = f"builtin:{name}" if args.tiny else (args.model_dir or f"bench:{name}")
+    cfg = TrainConfig(model_id=model_id, dataset=str(work / "pets"), output_dir=str(work / f"run-{name}-{mode}"),
+                      train_size=args.train_size, eval_size=args.eval_size, num_epochs=args.epochs,
+                      quantization="4bit" if mode == "qlora" else "none", max_new_tokens=args.max_new_tokens,
+                      **json.loads(args.overrides)).validate()
+    shutil.rmtree(cfg.output_dir, ignore_errors=True)  # a finished run dir would make the trainer exit at once
     sink = TimedSink()
     marks["run_entry"] = time.time()  # process start -> here: interpreter, imports, hooks
-    try:
-        run(cfg, sink, *([child] if child is not None else []))
-    finally:
-        if child is not None:
-            child.close()
+    run(cfg, sink)
     return summarise(cfg, sink.events, marks, t_proc, name, mode)
-
-
-def _config(args, name: str, mode: str, work: Path):
-    from trainer.config import TrainConfig
-
-    model_id = f"builtin:{name}" if args.tiny else (args.model_dir or f"bench:{name}")
-    overrides = json.loads(args.overrides)
-    if model_id.startswith("bench:") and "preencode" in TrainConfig.__dataclass_fields__:
-        overrides.setdefault("preencode", "off")  # built from config in this process: no checkpoint to read
-    return TrainConfig(model_id=model_id, dataset=str(work / "pets"), output_dir=str(work / f"run-{name}-{mode}"),
-                       train_size=args.train_size, eval_size=args.eval_size, num_epochs=args.epochs,
-                       quantization="4bit" if mode == "qlora" else "none", max_new_tokens=args.max_new_tokens,
-                       **overrides).validate()
-
-
-def check_preencode(marks: dict) -> None:
-    """Once the pre-encoded images are adopted, encode the first chunk of them again in this process and compare
-    (prompts and features, bit for bit): the child's features must be the ones this process would make."""
-    import torch
-
-    import trainer.run as run_mod
-    from trainer.collate import encode_prompt
-    from trainer.features import FeatureCache
-
-    adopt = run_mod._adopt_preencoded
-
-    def checked(preencoder, cache, model, train_set):
-        counts = adopt(preencoder, cache, model, train_set)
-        by_id = {ex.image_id: ex for ex in train_set}
-        first = [by_id[key] for key in list(cache.entries)[:16] if key in by_id]  # the child's first chunk
-        if first:
-            here = FeatureCache(model, cache.processor, cache.fmt, cache.device)
-            here.add([ex.image_id for ex in first], [encode_prompt(here.processor, here.fmt, ex.open()) for ex in first])
-            marks["preencode_check"] = {"images": len(first), "equal": all(
-                torch.equal(value, cache.entries[ex.image_id][name])
-                for ex in first for name, value in here.entries[ex.image_id].items())}
-        return counts
-
-    run_mod._adopt_preencoded = checked
-
-
-def _start_preencoder(cfg):
-    """The trainer's pre-encoding child for this run (None: not wanted, or a trainer checkout without it)."""
-    try:
-        from trainer.preencode import PreEncoder
-    except ImportError:
-        return None
-    return PreEncoder.start(cfg)
 
 
 def _generate_full_length(marks: dict) -> None:
@@ -321,7 +271,6 @@ def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mo
         "host_split": host_split_summary(marks),
         "snapshot_ms": marks.get("snapshot_ms"),
         "autotuned_kernels": marks.get("autotuned_kernels"),
-        "preencode_check": marks.get("preencode_check"),
         "final_loss": steps[-1]["loss"],
         "config": cfg.to_dict(),
     }
@@ -389,10 +338,9 @@ def mfu(marks: dict, shapes: dict, events: list[dict], samples: int, train_s: fl
 
     fm = flop_model(marks["peft_model"], shapes["patches"])
     cache = next((e for e in events if e["event"] == "image_cache"), None)
-    # cached: each training image through the tower once, less those encoded during the baseline eval or by the
-    # pre-encoding child during start-up (outside the training phase); plain path: every sample of every epoch
-    outside = cache.get("during_baseline", 0) + cache.get("preencoded_train", 0) if cache else 0
-    encodes = cache["train_images"] - outside if cache else samples
+    # cached: each training image through the tower once, less those encoded during the baseline eval (outside
+    # the training phase); plain path: for every sample of every epoch
+    encodes = cache["train_images"] - cache.get("during_baseline", 0) if cache else samples
     flops = samples * flops_per_sample(fm, shapes["tokens"], shapes["answer"]) + encodes * image_flops(fm)
     peak = float(os.environ.get("BENCH_PEAK_TFLOPS", "0") or 0) * 1e12
     return {"mfu": flops / train_s / peak if peak else None, "train_tflops": flops / train_s / 1e12,
@@ -439,8 +387,6 @@ def main() -> int:
                         help="inline: no encode-ahead thread; nopause: encodes also while the first step compiles; "
                              "nobaseline: the encode-ahead thread starts with training, not before the baseline; "
                              "spinwait: the thread spin-waits on its encodes' events (default CUDA events)")
-    parser.add_argument("--check-preencode", action="store_true",
-                        help="re-encode the first pre-encoded chunk in the trainer's process and compare bit for bit")
     parser.add_argument("--image-bytecode", action="store_true",
                         help="compile all modules to bytecode first, as the image is built (start-up figures)")
     parser.add_argument("--one", help=argparse.SUPPRESS)

@@ -59,14 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     # Progress bars would flood Cloud Logging with carriage-return lines; events carry the progress instead.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from trainer.preencode import PreEncoder
-
-    # before the heavy imports below: the child encodes images while this process imports and loads the model
-    preencoder = PreEncoder.start(cfg)
     try:
         from trainer.run import run  # heavy imports (torch, transformers) only after the config is known good
 
-        return run(cfg, sink, preencoder)
+        return run(cfg, sink)
     except KeyboardInterrupt:
         fail("interrupted", sink)
         return 130
@@ -76,9 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:  # the output dir itself is unwritable: still say why, on stdout/stderr
             fail(describe(exc), JsonlSink(None))
         return 1
-    finally:
-        if preencoder is not None:
-            preencoder.close()
 
 
 if __name__ == "__main__":

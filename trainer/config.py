@@ -27,7 +27,6 @@ LORA_TARGETS = ("language", "all-linear")
 EVAL_MODES = ("generate", "constrained", "both")
 CHECKPOINTING = ("auto", "on", "off")
 COMPILE = ("auto", "on", "off")
-PREENCODE = ("auto", "on", "off")
 PROMPTS = ("list", "short")
 
 
@@ -73,7 +72,6 @@ class TrainConfig:
     fast_path: bool = True  # cached image features, answer-only logits, planned micro-batches (same results);
     # off = the plain reference path (full forward every step), kept for comparison
     compile: str = "auto"  # torch.compile the decoder layers (fast path, bf16): auto = when the run repays it
-    preencode: str = "auto"  # encode images in a second process during start-up (trainer.preencode): auto = on a GPU
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -190,7 +188,6 @@ class TrainConfig:
             ("eval_mode", EVAL_MODES),
             ("gradient_checkpointing", CHECKPOINTING),
             ("compile", COMPILE),
-            ("preencode", PREENCODE),
             ("prompt", PROMPTS),
         ):
             if getattr(self, name) not in choices:

@@ -146,13 +146,6 @@ class FeatureCache:
             self.encoded += len(keys)
         return ready
 
-    def adopt(self, key: str, entry: dict[str, torch.Tensor]) -> None:
-        """Keep an entry that `add` made in another process (trainer.preencode), as if made here."""
-        inner = inner_model(self.model)
-        feat = entry["pixel_values"]
-        _check_placeholders(key, entry["input_ids"], inner.config.image_token_id, feat.shape[-2])
-        self.entries[key] = {**entry, "pixel_values": feat.pin_memory() if self.offload else feat.to(self.device)}
-
     def _entry(self, inner, key: str, prompt: dict[str, torch.Tensor], feat: torch.Tensor) -> dict:
         _check_placeholders(key, prompt["input_ids"], inner.config.image_token_id, feat.shape[-2])
         entry = {k: v for k, v in prompt.items() if k not in PIXEL_KEYS}
@@ -185,14 +178,13 @@ class FeatureCache:
         """Prompt tensors with features for `examples`, encoding (in worker-decoded batches) the missing ones."""
         missing = [i for i, ex in enumerate(examples) if ex.image_id not in self]
         if missing:
-            loader = self.loader(examples, [missing[s:s + batch_size] for s in range(0, len(missing), batch_size)],
+            loader = self._loader(examples, [missing[s:s + batch_size] for s in range(0, len(missing), batch_size)],
                                   num_workers)
             for chunk in loader:
                 self.add([examples[i].image_id for i, _ in chunk], [p for _, p in chunk])
         return [self.prompt(ex.image_id) for ex in examples]
 
-    def loader(self, examples, batches, num_workers: int, generator=None):
-        """(index, prompt tensors) lists for each index batch, decoded and resized in DataLoader workers."""
+    def _loader(self, examples, batches, num_workers: int, generator=None):
         workers = num_workers if self.device.type == "cuda" else 0  # CPU: workers only compete for the cores
         return torch.utils.data.DataLoader(_Prompts(examples, self.processor, self.fmt), batch_sampler=batches,
                                            num_workers=workers, collate_fn=_as_list, generator=generator,
@@ -204,7 +196,7 @@ class FeatureCache:
         from trainer.encoding import Encoder
 
         chunks = self._uncached_chunks(examples, index_batches)
-        loader = self.loader(examples, chunks, num_workers, generator) if chunks else None
+        loader = self._loader(examples, chunks, num_workers, generator) if chunks else None
         return Encoder(self, examples, loader, threaded=ahead and loader is not None)
 
     def train_batches(self, examples, index_batches, num_workers: int, generator=None,

@@ -49,12 +49,8 @@ from trainer.train import (
 )
 
 
-def run(cfg: TrainConfig, sink: EventSink, preencoder=None) -> int:
-    """Execute the run described by a validated config; returns the process exit code (0).
-
-    `preencoder`: a trainer.preencode.PreEncoder started for this run, encoding images while the model loads;
-    stopped here once the model is in memory, its images adopted by the feature cache. The caller closes it.
-    """
+def run(cfg: TrainConfig, sink: EventSink) -> int:
+    """Execute the run described by a validated config; returns the process exit code (0)."""
     out = Path(cfg.output_dir)
     if (out / "DONE").exists():
         return _already_done(out, sink)
@@ -82,12 +78,9 @@ def run(cfg: TrainConfig, sink: EventSink, preencoder=None) -> int:
     model = apply_lora(loaded.model, cfg)
     samples = TrainSamples(train_set, loaded.processor, fmt)
     timings["model_load_s"] = time.perf_counter() - t
-    if preencoder is not None:
-        preencoder.stop()  # from here this process needs the GPU; the child finishes its chunk while we plan
     t = time.perf_counter()
     plan, plan_event = _plan(cfg, model, loaded, fmt, samples, train_set, eval_set)
     timings["plan_s"] = time.perf_counter() - t
-    preencoded = _adopt_preencoded(preencoder, plan.cache, model, train_set)
 
     # ---------------------------------------------------------------- resume
     _, total = plan_steps(len(train_set), cfg)
@@ -128,7 +121,7 @@ def run(cfg: TrainConfig, sink: EventSink, preencoder=None) -> int:
     timings["train_s"] = time.perf_counter() - t
     if plan.cache is not None:
         sink.emit("image_cache", images=plan.cache.encoded, train_images=len(train_set), gib=plan.cache.gib(),
-                  offload=plan.cache.offload, during_baseline=during_baseline, **preencoded)
+                  offload=plan.cache.offload, during_baseline=during_baseline)
     model.save_pretrained(out / "adapter")
     loaded.processor.save_pretrained(out / "adapter")
 
@@ -154,16 +147,6 @@ def run(cfg: TrainConfig, sink: EventSink, preencoder=None) -> int:
               final=_headline(final["reports"][primary]), elapsed_s=timings["total_s"])
     (out / "DONE").write_text(json.dumps({"finished": True, "elapsed_s": timings["total_s"]}) + "\n")
     return 0
-
-
-def _adopt_preencoded(preencoder, cache, model, train_set) -> dict[str, int]:
-    """Take the images the pre-encoder finished into the feature cache; how many, training and eval."""
-    if preencoder is None or cache is None:
-        return {}
-    keys = preencoder.collect(cache, model)
-    train_ids = {ex.image_id for ex in train_set}
-    train = sum(key in train_ids for key in keys)
-    return {"preencoded_train": train, "preencoded_eval": len(keys) - train}
 
 
 def _plan(cfg: TrainConfig, model, loaded, fmt, samples, train_set, eval_set) -> tuple[StepPlan, dict]:
