@@ -192,6 +192,7 @@ def generator_state(device) -> tuple[int, int]:
 
 
 def triton_keep(n: int, seed: int, offset: int, p: float, vec: int, device) -> torch.Tensor:
+    """The keep mask of n elements that eager's dropout would draw at (seed, offset), with VEC elements a thread."""
     assert n < 2**31
     out = torch.empty(n, dtype=torch.int8, device=device)
     keep, _ = keep_probability(p)
@@ -205,6 +206,7 @@ CONFIG = {"fwd": (16, 64, 4), "dx": (64, 128, 4), "da": (64, 64, 16, 4)}  # (BM,
 
 
 def fused_forward(x: torch.Tensor, a: torch.Tensor, p: float, seed: int, offset: int, vec: int = 8, cfg=None):
+    """(h, nibbles): h = dropout(x) @ A^T with the mask eager would draw at (seed, offset), and its keep bits."""
     bm, bk, warps = cfg or CONFIG["fwd"]
     m, k = x.shape
     assert m * k < 2**31
@@ -218,6 +220,7 @@ def fused_forward(x: torch.Tensor, a: torch.Tensor, p: float, seed: int, offset:
 
 
 def philox_only(x: torch.Tensor, p: float, cfg) -> torch.Tensor:
+    """Only the draws for x's mask, stored as nibbles (the floor under any kernel that draws it)."""
     bm, bk, warps = cfg
     m, k = x.shape
     nib = torch.empty(m, k // 4, dtype=torch.uint8, device=x.device)
@@ -239,12 +242,6 @@ def fused_backward(x, a, nib, dh, scale: float, cfg_dx=None, cfg_da=None):
     _lora_da[(k // bk, part.shape[0])](dh, x, nib, part, m, scale, K=k, R=r, BM=bm, BK=bk, ROWS=rows,
                                          num_warps=warps)
     return part.sum(0).to(x.dtype), dx
-
-
-def unpack(nib: torch.Tensor) -> torch.Tensor:
-    """(M, K/4) nibbles -> (M, K) keep as 0/1 uint8."""
-    bits = (nib.unsqueeze(-1) >> torch.arange(4, device=nib.device, dtype=torch.uint8)) & 1
-    return bits.reshape(nib.shape[0], -1)
 
 
 # ----------------------------------------------------------------------------------------------- checks
