@@ -40,19 +40,19 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from gpu_vision import timed  # noqa: E402 -- median of synced runs after two warm-ups
 
-TWO_M32 = 2.3283064365386963e-10  # curand's CURAND_2POW32_INV (rounds to exactly 2^-32 as a float)
 FEATURES = [2560, 2560, 2560, 2048, 2560, 2560, 10240]  # q, k, v, o, gate, up, down inputs at gemma-3-4b dims
 
 
 @triton.jit
 def _uniform_keep(r, p_keep):
-    """curand's _curand_uniform (x * 2^-32 + 2^-33; the product is exact, so FMA or not rounds once) < keep."""
+    """curand's _curand_uniform < keep: x * CURAND_2POW32_INV (exactly 2^-32 as a float) + 2^-33; the product is
+    exact, so FMA or not, the sum rounds once."""
     return (r.to(tl.float32) * 2.3283064365386963e-10 + 1.1641532182693481e-10) < p_keep
 
 
 @triton.jit
 def _draw(seed, off4, group, G: tl.constexpr, VEC: tl.constexpr):
-    """The four Philox outputs torch's vectorised dropout kernel uses for 4-element group `group` (int64)."""
+    """The four Philox outputs torch's vectorised dropout kernel uses for 4-element group `group` (int32 index)."""
     chunk = group // (VEC // 4)
     ctr = ((chunk // G) * (VEC // 4) + group % (VEC // 4)).to(tl.int64) + off4
     tid = (chunk % G).to(tl.uint32)
@@ -62,7 +62,8 @@ def _draw(seed, off4, group, G: tl.constexpr, VEC: tl.constexpr):
 
 @triton.jit
 def _keep_kernel(out_ptr, seed, off4, n, G: tl.constexpr, p_keep, VEC: tl.constexpr, BLOCK: tl.constexpr):
-    """keep[e] for e < n, one 4-element group per lane-quad (the reference for the fused kernel)."""
+    """keep[e] for e < n, one draw per element (each draw's word e % 4): simple and slow, the reference that is
+    compared with torch's mask."""
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # int32: the host keeps n under 2^31
     r0, r1, r2, r3 = _draw(seed, off4, e // 4, G, VEC)
     j = e % 4
@@ -388,9 +389,13 @@ def sweep(layer: Layer, nibs, args) -> list[dict]:
 def check_fused(device, args) -> list[dict]:
     """One layer's seven LoRA inputs: eager vs fused, differences and (on the GPU) times; inductor's own RNG."""
     layer = Layer(device, args)
-    rows = compare(layer)
-    if device.type == "cuda":
-        rows += times(layer, args) + [inductor_dropout(layer.xs, layer.as_, args)]
+    rows = report(compare(layer))
+    if device.type == "cuda":  # printed as each part ends: the timings take ~30 s
+        rows += report(times(layer, args)) + report([inductor_dropout(layer.xs, layer.as_, args)])
+    return rows
+
+
+def report(rows: list[dict]) -> list[dict]:
     for row in rows:
         print(row, flush=True)
     return rows
