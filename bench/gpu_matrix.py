@@ -119,7 +119,8 @@ def run_matrix(args) -> list[dict]:
         cmd = [sys.executable, str(RUNNER), "--one", f"{name}:{mode}", "--work", str(work), "--train-size", train_size,
                "--eval-size", str(args.eval_size), "--epochs", epochs, "--max-new-tokens",
                str(args.max_new_tokens), "--overrides", args.overrides, "--out", str(args.out),
-               "--profile-steps", args.profile_steps, "--encode", args.encode] + (["--tiny"] if args.tiny else [])
+               "--profile-steps", args.profile_steps, "--encode", args.encode,
+               "--encode-source", args.encode_source] + (["--tiny"] if args.tiny else [])
         cmd += ["--first-step-profile"] if args.first_step_profile else []
         cmd += ["--probe-benchmarks"] if args.probe_benchmarks else []
         if args.from_disk and name == "gemma-3-4b":

@@ -241,3 +241,43 @@ def _autotune_states() -> list[dict]:
     bench = compilation_time_metrics.get("CachingAutotuner.benchmark_all_configs") or []
     rows.append({"benchmark_all_configs_calls": len(bench), "seconds": sum(bench)})
     return rows
+
+
+def check_encode_graph(marks: dict) -> None:
+    """After the encode graph's first replay, the same chunk encoded eagerly: are the features the same bits?
+
+    Runs once, on the encode-ahead thread and its stream (trainer.encode_graph); the result goes into
+    marks["encode_graph_equal"] (absent when no graph was recorded).
+    """
+    import torch
+
+    from trainer.encode_graph import EncodeGraph
+
+    real = EncodeGraph._record
+
+    def checked(self, pixels, stream):
+        out = real(self, pixels, stream)
+        if self.graph is not None and "encode_graph_equal" not in marks:
+            with torch.cuda.stream(stream):
+                marks["encode_graph_equal"] = bool(torch.equal(out, self.fn(pixels)))
+        return out
+
+    EncodeGraph._record = checked
+
+
+def synthetic_encode_source() -> None:
+    """bench only: the encode-ahead thread's chunks all reuse one decoded image, pinned on the host, with no
+    DataLoader workers and no pin-memory thread. The features are wrong (one image for all); what it isolates is
+    whether the baseline eval's generation loses its time beside the encodes to the loader (it did not)."""
+    from trainer.encoding import Encoder
+    from trainer.features import FeatureCache, _Prompts
+
+    def encoder(self, examples, index_batches, num_workers, generator=None, ahead=False):
+        chunks = self._uncached_chunks(examples, index_batches)
+        if not chunks:
+            return Encoder(self, examples, None, threaded=False)
+        _, one = _Prompts(examples, self.processor, self.fmt)[chunks[0][0]]
+        one = {k: v.pin_memory() for k, v in one.items()}
+        return Encoder(self, examples, [[(i, one) for i in chunk] for chunk in chunks], threaded=ahead)
+
+    FeatureCache.encoder = encoder

@@ -36,6 +36,7 @@ sys.path[:0] = [os.environ.get("BENCH_TRAINER_ROOT", str(ROOT)), str(ROOT), str(
 
 from gpu_matrix import environment, measure_peak_tflops, print_table, run_matrix  # noqa: E402
 from gpu_probes import (  # noqa: E402
+    check_encode_graph,
     host_split,
     host_split_summary,
     probe_benchmarks,
@@ -43,6 +44,7 @@ from gpu_probes import (  # noqa: E402
     profile_steps,
     step_walls,
     stop_startup_profile_at_first_step,
+    synthetic_encode_source,
     time_snapshots,
     train_timeline,
 )
@@ -196,6 +198,13 @@ def run_one(args) -> dict:
         import trainer.features
 
         trainer.features.BLOCKING_EVENTS = False
+    if args.encode == "eagerahead":  # the encode-ahead thread calls the tower eagerly, not as a replayed graph
+        import trainer.encode_graph
+
+        trainer.encode_graph.ENABLED = False
+    check_encode_graph(marks)
+    if args.encode_source != "loader":
+        synthetic_encode_source()
     if args.encode == "nobaseline":  # the first epoch's encodes start with training, not before the baseline eval
         import trainer.encoding
 
@@ -271,6 +280,7 @@ def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mo
         "host_split": host_split_summary(marks),
         "snapshot_ms": marks.get("snapshot_ms"),
         "autotuned_kernels": marks.get("autotuned_kernels"),
+        "encode_graph_equal": marks.get("encode_graph_equal"),
         "final_loss": steps[-1]["loss"],
         "config": cfg.to_dict(),
     }
@@ -383,7 +393,8 @@ def main() -> int:
     parser.add_argument("--first-step-profile", action="store_true", help="cProfile the first (compiling) step")
     parser.add_argument("--probe-benchmarks", action="store_true",
                         help="after the first step, each Triton kernel's autotune cache state (a warm start should miss none)")
-    parser.add_argument("--encode", default="auto", choices=("auto", "inline", "nopause", "nobaseline", "spinwait"),
+    parser.add_argument("--encode-source", default="loader", choices=("loader", "pinned"))
+    parser.add_argument("--encode", default="auto", choices=("auto", "inline", "nopause", "nobaseline", "spinwait", "eagerahead"),
                         help="inline: no encode-ahead thread; nopause: encodes also while the first step compiles; "
                              "nobaseline: the encode-ahead thread starts with training, not before the baseline; "
                              "spinwait: the thread spin-waits on its encodes' events (default CUDA events)")
