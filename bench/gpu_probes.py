@@ -243,28 +243,6 @@ def _autotune_states() -> list[dict]:
     return rows
 
 
-def check_encode_graph(marks: dict) -> None:
-    """After the encode graph's first replay, the same chunk encoded eagerly: are the features the same bits?
-
-    Runs once, on the encode-ahead thread and its stream (trainer.encode_graph); the result goes into
-    marks["encode_graph_equal"] (absent when no graph was recorded).
-    """
-    import torch
-
-    from trainer.encode_graph import EncodeGraph
-
-    real = EncodeGraph._record
-
-    def checked(self, pixels, stream):
-        out = real(self, pixels, stream)
-        if self.graph is not None and "encode_graph_equal" not in marks:
-            with torch.cuda.stream(stream):
-                marks["encode_graph_equal"] = bool(torch.equal(out, self.fn(pixels)))
-        return out
-
-    EncodeGraph._record = checked
-
-
 def synthetic_encode_source() -> None:
     """bench only: the encode-ahead thread's chunks all reuse one decoded image, pinned on the host, with no
     DataLoader workers and no pin-memory thread. The features are wrong (one image for all); what it isolates is

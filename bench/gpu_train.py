@@ -36,7 +36,6 @@ sys.path[:0] = [os.environ.get("BENCH_TRAINER_ROOT", str(ROOT)), str(ROOT), str(
 
 from gpu_matrix import environment, measure_peak_tflops, print_table, run_matrix  # noqa: E402
 from gpu_probes import (  # noqa: E402
-    check_encode_graph,
     host_split,
     host_split_summary,
     probe_benchmarks,
@@ -198,11 +197,6 @@ def run_one(args) -> dict:
         import trainer.features
 
         trainer.features.BLOCKING_EVENTS = False
-    if args.encode == "eagerahead":  # the encode-ahead thread calls the tower eagerly, not as a replayed graph
-        import trainer.encode_graph
-
-        trainer.encode_graph.ENABLED = False
-    check_encode_graph(marks)
     if args.encode_source != "loader":
         synthetic_encode_source()
     if args.encode == "nobaseline":  # the first epoch's encodes start with training, not before the baseline eval
@@ -280,7 +274,6 @@ def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mo
         "host_split": host_split_summary(marks),
         "snapshot_ms": marks.get("snapshot_ms"),
         "autotuned_kernels": marks.get("autotuned_kernels"),
-        "encode_graph_equal": marks.get("encode_graph_equal"),
         "final_loss": steps[-1]["loss"],
         "config": cfg.to_dict(),
     }
@@ -394,7 +387,7 @@ def main() -> int:
     parser.add_argument("--probe-benchmarks", action="store_true",
                         help="after the first step, each Triton kernel's autotune cache state (a warm start should miss none)")
     parser.add_argument("--encode-source", default="loader", choices=("loader", "pinned"))
-    parser.add_argument("--encode", default="auto", choices=("auto", "inline", "nopause", "nobaseline", "spinwait", "eagerahead"),
+    parser.add_argument("--encode", default="auto", choices=("auto", "inline", "nopause", "nobaseline", "spinwait"),
                         help="inline: no encode-ahead thread; nopause: encodes also while the first step compiles; "
                              "nobaseline: the encode-ahead thread starts with training, not before the baseline; "
                              "spinwait: the thread spin-waits on its encodes' events (default CUDA events)")

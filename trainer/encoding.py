@@ -106,8 +106,6 @@ class Encoder:
                     queued.popleft().synchronize()  # the GIL is released while it waits
             for event in queued:
                 event.synchronize()
-            if self.cache.graph is not None:
-                self.cache.graph.release()  # the first epoch is encoded: nothing replays it again
             # this thread's own count: the cache's also grows with the eval images the baseline encodes meanwhile
             log(f"encode ahead: {self.images} images encoded in {time.perf_counter() - started:.1f} s")
         except BaseException as exc:  # noqa: BLE001 -- handed to the training thread, raised by ensure()

@@ -21,7 +21,6 @@ from contextlib import contextmanager
 import torch
 
 from trainer.collate import ChatFormat, answer_ids, append_answer, encode_prompt, fixed_shape_batch, pad_batch
-from trainer.encode_graph import EncodeGraph
 
 PIXEL_KEYS = ("pixel_values", "image_position_ids")
 BLOCKING_EVENTS = True  # the encode-ahead thread sleeps on its encodes' events instead of spinning: `_record`
@@ -112,7 +111,6 @@ class FeatureCache:
         self._count = threading.Lock()  # `encoded` grows from the encode-ahead thread and the eval alike
         self.go = threading.Event()  # cleared: encode-ahead threads wait before their next chunk (`paused`)
         self.go.set()
-        self.graph: EncodeGraph | None = None  # Gemma 3's encode-ahead calls, replayed (trainer.encode_graph)
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
@@ -136,9 +134,7 @@ class FeatureCache:
                 positions = torch.cat([p["image_position_ids"] for p in prompts]).to(self.device)
                 feats = encode(inner, pixels, positions, return_dict=True).pooler_output
             else:  # Gemma 3: a fixed 256 soft tokens per image, kept with their (1, 256, H) image axis
-                if self.graph is None:
-                    self.graph = EncodeGraph(lambda px: encode(inner, px, return_dict=True).pooler_output)
-                feats = self.graph(pixels, stream).unsqueeze(1)  # eager without a side stream
+                feats = encode(inner, pixels, return_dict=True).pooler_output.unsqueeze(1)
             entries = [self._entry(inner, key, prompt, feat)
                        for key, prompt, feat in zip(keys, prompts, feats, strict=True)]
             ready = _record(stream)
