@@ -386,7 +386,9 @@ def main() -> int:
     parser.add_argument("--first-step-profile", action="store_true", help="cProfile the first (compiling) step")
     parser.add_argument("--probe-benchmarks", action="store_true",
                         help="after the first step, each Triton kernel's autotune cache state (a warm start should miss none)")
-    parser.add_argument("--encode-source", default="loader", choices=("loader", "pinned"))
+    parser.add_argument("--encode-source", default="loader", choices=("loader", "pinned"),
+                        help="pinned: the encode-ahead thread gets one pinned image over and over, no loader "
+                             "(wrong features: for timing the baseline's generation beside the encodes only)")
     parser.add_argument("--encode", default="auto", choices=("auto", "inline", "nopause", "nobaseline", "spinwait"),
                         help="inline: no encode-ahead thread; nopause: encodes also while the first step compiles; "
                              "nobaseline: the encode-ahead thread starts with training, not before the baseline; "
