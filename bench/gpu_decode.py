@@ -47,8 +47,8 @@ def side_work(kind: str, model):
         size = inner.config.vision_config.image_size
         pixels = torch.randn(16, 3, size, size, device="cuda", dtype=torch.bfloat16)
         with torch.no_grad():
-            return lambda f=graph_of(lambda px: inner.get_image_features(px, return_dict=True).pooler_output,
-                                      pixels): f(pixels)
+            encode = graph_of(lambda px: inner.get_image_features(px, return_dict=True).pooler_output, pixels)
+        return lambda: encode(pixels)
     if kind == "matmul":
         a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
         return lambda: [a @ a for _ in range(8)]

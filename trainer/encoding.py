@@ -5,7 +5,7 @@ the default run that is the whole first epoch, 16 images (~220 ms of GPU) a step
 the encodes wait for the host whenever it falls behind. On a thread with its own stream they run as far ahead as
 the GPU allows (at most LEAD chunks queued), in the order the batches need them, and the training stream waits
 (on the GPU, through an event) only for the images of the batch at hand. On a GPU they start before the baseline
-eval, whose launch-bound generation leaves the GPU idle much of the time (`encode_during_baseline`; measured: the
+eval, whose generation leaves the GPU idle part of the time (`encode_during_baseline`; measured: the
 run 2-5 s shorter). They pause while the first step compiles (`paused_for_compile`: encoding beside the compile
 made it three times slower).
 
@@ -157,13 +157,13 @@ def choose_encode_ahead(model, memory, device: torch.device, images: int, image_
 def encode_during_baseline(plan, device: torch.device) -> bool:
     """Start encoding the first epoch's images before the baseline eval (trainer.run) rather than at training?
 
-    On a GPU, when they are encoded ahead anyway: the baseline's generation is launch-bound (the GPU idles most
-    of each ~100 ms decode step), so the encodes get GPU time the eval leaves over. Not free: measured on H100s
-    (BENCHMARKS.md, ninth and tenth sets), the eval's generation ran at about half speed beside them and the
-    baseline grew by 8-11 s for 12-15 s of encodes taken out of training; baseline + training got 2-5 s shorter,
-    depending on the machine. A high-priority stream for the eval, a green context for the encodes and packed
-    loader transfers made no difference to that slowdown (measured, dropped). On a CPU they would only compete for
-    the cores.
+    On a GPU, when they are encoded ahead anyway: the encodes get the GPU time the eval leaves over (its kernels
+    keep an H100 ~75 % busy at 185 prompts: BENCHMARKS.md, fourteenth set). Not free: measured on H100s (ninth and
+    tenth sets), the eval's generation ran at about half speed beside them and the baseline grew by 8-11 s for
+    12-15 s of encodes taken out of training; baseline + training got 2-5 s shorter, depending on the machine. The
+    slowdown is the two sharing the GPU: a high-priority stream for the eval, a green context for the encodes, packed
+    loader transfers, the encodes as one CUDA graph each and no loader at all made no difference (measured, dropped).
+    On a CPU they would only compete for the cores.
     """
     return DURING_BASELINE and device.type == "cuda" and plan.cache is not None and plan.encode_ahead
 

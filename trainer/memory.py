@@ -115,8 +115,9 @@ EVAL_CAP = {"generate": 256, "constrained": 64}  # prompts per pass; see eval_ba
 def eval_batch_size(cfg, model, device, mode: str = "generate", n: int | None = None) -> tuple[int, str]:
     """Eval prompts per pass: the configured size, raised on a GPU (fast path) to what memory allows.
 
-    Decoding is launch-bound (one decode step of gemma-3-4b costs about the same at 32 and 64 prompts), so
-    generation's images/s grows almost linearly with the batch: up to 256 prompts. Memory per prompt is its KV
+    Decoding is launch-bound at small batches (one decode step of gemma-3-4b costs about the same at 32 and 64
+    prompts; at 185 its kernels keep an H100 ~75 % busy), so generation's images/s grows with the batch: up to 256
+    prompts. Memory per prompt is its KV
     cache (layers x 2 x kv heads x head_dim x ~512 positions x 2 bytes) plus the prefill's MLP activations;
     constrained scoring also holds ~150 positions of full-vocabulary log-probabilities per prompt, so it stays at
     64. The free memory counts what torch's allocator holds but does not use (after training, most of the GPU).

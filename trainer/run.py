@@ -98,7 +98,7 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
 
     # ---------------------------------------------------------------- baseline (adapters off = the base model)
     t = time.perf_counter()
-    early = encode_during_baseline(plan, loaded.device)  # the first epoch's images encode in the eval's idle GPU
+    early = encode_during_baseline(plan, loaded.device)  # the first epoch's images encode in the eval's GPU idle time
     prepared = (prepare_batches(samples, train_set, loaded.processor, cfg, plan, state.step, total, loaded.device,
                                 encode_now=True) if early else None)
     try:
