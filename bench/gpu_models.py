@@ -7,12 +7,14 @@ rebuilt by bench/gpu_tokenizer.py; Gemma 4's tokenizer is not available offline,
 vocabulary plus Gemma 4's control tokens, with Gemma 4's image processor (280-token budget): the same text
 lengths to within a token or two, and the real image-token count.
 
-Also: FLOP counting for MFU (`flops_per_sample`) and a bitsandbytes NF4 conversion for from-config models
-(`quantize_nf4`), equivalent to what `from_pretrained(quantization_config=NF4 double-quant)` produces.
+Also: FLOP counting for MFU (`flops_per_sample`; a run's `sequence_shapes` and `mfu`) and a bitsandbytes NF4
+conversion for from-config models (`quantize_nf4`), equivalent to what `from_pretrained(quantization_config=NF4
+double-quant)` produces.
 """
 
 from __future__ import annotations
 
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,3 +251,38 @@ def eval_prefix_flops(fm: FlopModel, tokens: float) -> float:
     """Forward FLOPs of one prompt (no backward), used for eval MFU-style figures."""
     layers, width = fm.text_attn
     return 2 * fm.text_linear_params * tokens + 2 * tokens**2 * width * layers
+
+
+def sequence_shapes(cfg, marks: dict) -> dict:
+    """Mean unpadded tokens, answer tokens and vision patches per training sample, from the trainer's encoding."""
+    import statistics
+
+    from trainer.collate import answer_ids, build_chat_format, encode_prompt
+    from trainer.data import load_splits, select
+
+    train, _ = select(load_splits(cfg.dataset, cfg.seed), cfg.train_size, cfg.eval_size, cfg.seed)
+    processor = marks["loaded"].processor
+    fmt = build_chat_format(processor, cfg.prompt)
+    enc = encode_prompt(processor, fmt, train[0].open())
+    answer = statistics.fmean(len(answer_ids(processor.tokenizer, fmt, ex.label)) for ex in train)
+    pixels = enc["pixel_values"]
+    if "image_position_ids" in enc:  # Gemma 4: patch rows, -1 marks padding
+        patches = int((enc["image_position_ids"][..., 0] >= 0).sum())
+    else:  # Gemma 3: a square image cut into patch_size squares
+        patch = marks["loaded"].model.config.vision_config.patch_size
+        patches = (pixels.shape[-1] // patch) * (pixels.shape[-2] // patch)
+    prompt = enc["input_ids"].shape[1]
+    return {"prompt": prompt, "answer": answer, "tokens": prompt + answer, "patches": patches}
+
+
+def mfu(marks: dict, shapes: dict, events: list[dict], samples: int, train_s: float) -> dict:
+    """Model FLOPs utilisation of the training phase against the measured bf16 matmul peak."""
+    fm = flop_model(marks["peft_model"], shapes["patches"])
+    cache = next((e for e in events if e["event"] == "image_cache"), None)
+    # cached: each training image through the tower once, less those encoded during the baseline eval (outside
+    # the training phase); plain path: for every sample of every epoch
+    encodes = cache["train_images"] - cache.get("during_baseline", 0) if cache else samples
+    flops = samples * flops_per_sample(fm, shapes["tokens"], shapes["answer"]) + encodes * image_flops(fm)
+    peak = float(os.environ.get("BENCH_PEAK_TFLOPS", "0") or 0) * 1e12
+    return {"mfu": flops / train_s / peak if peak else None, "train_tflops": flops / train_s / 1e12,
+            "image_encodes": encodes, "gflops_per_sample": flops / samples / 1e9}

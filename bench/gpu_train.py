@@ -240,6 +240,8 @@ def _generate_full_length(marks: dict) -> None:
 
 def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mode: str) -> dict:
     """Turn the event log and timing marks into the benchmark's figures."""
+    from gpu_models import mfu, sequence_shapes
+
     steps = [e for e in events if e["event"] == "step"]
     start = next(e for e in events if e["event"] == "start")
     samples = start["train_size"] * cfg.num_epochs if cfg.max_steps is None else None  # the images actually found
@@ -311,45 +313,6 @@ def _notable(events: list[dict]) -> dict:
     """Trainer events that explain its choices (batch size, checkpointing, caching), for the record."""
     keep = {"plan", "autotune", "memory_plan", "image_cache", "gradient_checkpointing"}
     return {e["event"]: {k: v for k, v in e.items() if k not in ("t", "event")} for e in events if e["event"] in keep}
-
-
-def sequence_shapes(cfg, marks: dict) -> dict:
-    """Mean unpadded tokens, answer tokens and vision patches per training sample, from the trainer's encoding."""
-    import statistics
-
-    from trainer.collate import answer_ids, build_chat_format, encode_prompt
-    from trainer.data import load_splits, select
-
-    train, _ = select(load_splits(cfg.dataset, cfg.seed), cfg.train_size, cfg.eval_size, cfg.seed)
-    processor = marks["loaded"].processor
-    fmt = build_chat_format(processor, cfg.prompt)
-    enc = encode_prompt(processor, fmt, train[0].open())
-    answer = statistics.fmean(len(answer_ids(processor.tokenizer, fmt, ex.label)) for ex in train)
-    pixels = enc["pixel_values"]
-    if "image_position_ids" in enc:  # Gemma 4: patch rows, -1 marks padding
-        patches = int((enc["image_position_ids"][..., 0] >= 0).sum())
-    else:  # Gemma 3: a square image cut into patch_size squares
-        patch = marks["loaded"].model.config.vision_config.patch_size
-        patches = (pixels.shape[-1] // patch) * (pixels.shape[-2] // patch)
-    prompt = enc["input_ids"].shape[1]
-    return {"prompt": prompt, "answer": answer, "tokens": prompt + answer, "patches": patches}
-
-
-def mfu(marks: dict, shapes: dict, events: list[dict], samples: int, train_s: float) -> dict:
-    """Model FLOPs utilisation of the training phase against the measured bf16 matmul peak."""
-    from gpu_models import flop_model, flops_per_sample, image_flops
-
-    fm = flop_model(marks["peft_model"], shapes["patches"])
-    cache = next((e for e in events if e["event"] == "image_cache"), None)
-    # cached: each training image through the tower once, less those encoded during the baseline eval (outside
-    # the training phase); plain path: for every sample of every epoch
-    encodes = cache["train_images"] - cache.get("during_baseline", 0) if cache else samples
-    flops = samples * flops_per_sample(fm, shapes["tokens"], shapes["answer"]) + encodes * image_flops(fm)
-    peak = float(os.environ.get("BENCH_PEAK_TFLOPS", "0") or 0) * 1e12
-    return {"mfu": flops / train_s / peak if peak else None, "train_tflops": flops / train_s / 1e12,
-            "image_encodes": encodes, "gflops_per_sample": flops / samples / 1e9}
-
-
 
 
 def image_bytecode(roots: list[str], prefix: str = "/tmp/bench-pycache") -> dict:
