@@ -137,16 +137,16 @@ def main() -> None:
     timed(generate)  # warm-up
     rows = [{"variant": "alone", "seconds": round(timed(generate), 3)}]
     result = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "args": vars(args), "rows": rows}
+    print(rows[-1], flush=True)  # each row as it comes: a crash beside the encode lost a call's rows (fifteenth set)
     result["alone_profile"] = kernel_time(generate)
     if args.static:  # transformers' StaticCache: written in place, where the dynamic cache concatenates every step
         def static():
             return generate(cache_implementation="static")
 
-        print(rows[-1], flush=True)
         first = timed(static)  # the decode step's compile (inductor's on-disk cache cold or warm) and CUDA graphs
         rows.append({"variant": "alone, static cache", "seconds": round(timed(static), 3),
                      "first_call_s": round(first, 3), "same_tokens": bool(torch.equal(generate(), static()))})
-        print(rows[-1], flush=True)  # before the side loads: a crash beside the encode lost these once (fifteenth set)
+        print(rows[-1], flush=True)
         result["static_profile"] = kernel_time(static)
     fns = {"": generate, ", static cache": static} if args.static else {"": generate}
     for kind in filter(None, args.side.split(",")):
