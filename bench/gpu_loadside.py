@@ -1,8 +1,8 @@
 """Probe: can a thread of the trainer's process encode images while the model's weights load?
 
-From process start to the first training work the GPU computes nothing during the 8.6 GB weight load (6-8 s on an
-H100). A second process could not use that time (BENCHMARKS.md, twelfth set: ~10 s to get ready, and two CUDA
-contexts time-slice the GPU, so the load's copies waited). A thread is ready at once and shares the context, but
+From process start to the first training work the GPU computes nothing during the 8.6 GB weight load (4-8 s on
+an H100, page cache warm). A second process could not use that time (BENCHMARKS.md, twelfth set: ~10 s to get
+ready, and two CUDA contexts time-slice the GPU, so the load's copies waited). A thread is ready at once and shares the context, but
 the load holds the interpreter (the seventh set's warm-up thread made it slower by as much as it saved), and an
 eager 16-image encode is ~600 launches, each of which needs the interpreter back. This times the trainer's own
 loader (`trainer.model.load_model_and_processor` on a saved random gemma-3-4b) alone and with a thread encoding
@@ -59,7 +59,7 @@ def pixel_source(kind: str, example, examples, processor, fmt, workers: int):
 
 
 def beside(load, encode, source):
-    """(load seconds, images encoded before it returned, images after) with a thread encoding from `source`."""
+    """(model, load seconds, images encoded before it returned) with a thread encoding from `source` beside it."""
     import torch
 
     stop, done, stream = threading.Event(), [0], torch.cuda.Stream()
@@ -164,8 +164,7 @@ def main() -> None:
         torch.cuda.empty_cache()
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "first_load_s": first_load,
               "encode_images_per_s_alone": rates, "rows": rows}
-    save_json(result, Path(args.out) / "loadside.json")
-    print(result)
+    save_json(result, Path(args.out) / "loadside.json")  # prints it too
 
 
 if __name__ == "__main__":
