@@ -1,14 +1,14 @@
 """Probe: can a thread of the trainer's process encode images while the model's weights load?
 
-From process start to the first training work the GPU computes nothing during the 8.6 GB weight load (4-8 s on
-an H100, page cache warm). A second process could not use that time (BENCHMARKS.md, twelfth set: ~10 s to get
-ready, and two CUDA contexts time-slice the GPU, so the load's copies waited). A thread is ready at once and shares the context, but
-the load holds the interpreter (the seventh set's warm-up thread made it slower by as much as it saved), and an
-eager 16-image encode is ~600 launches, each of which needs the interpreter back. This times the trainer's own
-loader (`trainer.model.load_model_and_processor` on a saved random gemma-3-4b) alone and with a thread encoding
-16-image chunks beside it: eager or as a replayed CUDA graph, on pixels already on the GPU or from the trainer's
-DataLoader (workers decoding 500x375 JPEGs), and with a shorter interpreter switch interval. It reports the load's
-wall time and how many images were encoded before it returned.
+From process start to the first training work the GPU computes nothing during the 8.6 GB weight load (4-8 s on an
+H100, page cache warm). A second process could not use that time (BENCHMARKS.md, twelfth set: ~10 s to get ready,
+and two CUDA contexts time-slice the GPU, so the load's copies waited). A thread is ready at once and shares the
+context, but the load holds the interpreter (the seventh set's warm-up thread made it slower by as much as it
+saved), and an eager 16-image encode is ~600 launches, each of which needs the interpreter back. This times the
+trainer's own loader (`trainer.model.load_model_and_processor` on a saved random gemma-3-4b) alone and with a thread
+encoding 16-image chunks beside it: eager or as a replayed CUDA graph, on pixels already on the GPU or from the
+trainer's DataLoader (workers decoding 500x375 JPEGs), and with a shorter interpreter switch interval. It reports
+the load's wall time and how many images were encoded before it returned.
 
     python3 bench/gpu_loadside.py --out $OUT/loadside       # on the GPU (carry .whl and .carry)
 """
