@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [os.environ.get("BENCH_TRAINER_ROOT", str(ROOT)), str(ROOT), str(ROOT / "bench")]
 
+from gpu_variants import apply_variant, lora_modules  # noqa: E402 -- after the path it is found on
+
 
 def build(args):
     """(peft model, processor, batch dict on device, answer-token count)."""
@@ -96,87 +98,6 @@ def step_fn(model, batch, opt, ctx):
     opt.step()
     opt.zero_grad(set_to_none=True)
     return loss.detach() / n
-
-
-# ------------------------------------------------------------------------------------------- variants
-def lora_modules(model):
-    return [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
-
-
-def apply_variant(name: str, model, state: dict):
-    """Patch the model for `name` (cumulative); returns the autocast-like context factory to run forwards in."""
-    import contextlib
-
-    import torch
-
-    if name == "fused":  # trainer.fused, as the trainer's step runs it
-        from trainer.fused import fused_training
-
-        state["ctx"] = lambda: fused_training(model)
-    elif name in ("fused_compile", "fused_compile_static", "fused_graphs", "cpp_wrapper"):  # trainer.fused's
-        import torch._inductor.config as inductor_config  # compiled layers
-
-        import trainer.fused
-        from trainer.fused import decoder_layers, fused_training
-
-        torch._dynamo.reset()
-        # cpp_wrapper: inductor's C++ wrapper, to take the launches off Python (tried, not kept: BENCHMARKS.md)
-        inductor_config.cpp_wrapper = name == "cpp_wrapper"
-        trainer.fused._PATCHES.pop(model, None)  # the layers' compiled calls are found again
-        trainer.fused.DYNAMIC = name == "fused_compile"  # _static: shapes fixed, the upper bound
-        graphs = name == "fused_graphs"  # + CUDA graphs over the compiled layers (tried, not kept: BENCHMARKS.md)
-        for layer in decoder_layers(model):
-            layer.__dict__.pop("_gemmactl_compiled", None)
-            if graphs:  # what fused_training's compiled_layers makes, in inductor's "reduce-overhead" mode
-                layer.__dict__["_gemmactl_compiled"] = torch.compile(layer._call_impl, dynamic=False,
-                                                                     mode="reduce-overhead")
-
-        @contextlib.contextmanager
-        def ctx():
-            if graphs:  # the last step's graph outputs may be overwritten
-                torch.compiler.cudagraph_mark_step_begin()
-            with fused_training(model, compiled=True):
-                yield
-
-        state["ctx"] = ctx
-    elif name == "amp":  # peft's layers with bf16 adapter compute: autocast, no fp32 input cast
-        for m in lora_modules(model):
-            m.cast_input_dtype_enabled = False
-        state["ctx"] = lambda: torch.autocast(model.device.type, dtype=torch.bfloat16)
-    elif name == "addmm":  # trainer.fused's LoRA forward alone (replaces amp)
-        from trainer.fused import lora_forward
-
-        state.pop("ctx", None)
-        for m in lora_modules(model):
-            m.forward = lora_forward(m)
-    elif name == "norm":  # + trainer.fused's RMSNorm
-        from trainer.fused import norm_forward
-
-        for m in model.modules():
-            if type(m).__name__ == "Gemma3RMSNorm":
-                m.forward = norm_forward(m, 1.0)
-    elif name == "nogc":  # Python's cyclic GC off (everything made so far frozen first), for every later variant
-        import gc
-
-        gc.collect()
-        gc.freeze()
-        gc.disable()
-    elif name == "nodropout":
-        for m in lora_modules(model):
-            for key in list(m.lora_dropout):
-                m.lora_dropout[key] = torch.nn.Identity()
-    elif name in ("compile", "compile_fr"):  # regional: each decoder layer; _fr = eager's RNG for dropout
-        import torch._inductor.config as inductor_config
-
-        from trainer.fused import decoder_layers
-
-        torch._dynamo.reset()
-        inductor_config.fallback_random = name == "compile_fr"
-        for layer in decoder_layers(model):
-            layer.compile()
-    elif name != "peft":
-        raise SystemExit(f"unknown variant {name}")
-    return state.get("ctx", contextlib.nullcontext)
 
 
 def time_variant(model, batch, opt, ctx, steps: int, warmup: int) -> dict:
@@ -281,7 +202,8 @@ def profile_variant(model, batch, opt, ctx, out: Path, name: str) -> dict:
             continue
         n = e.name.lower()
         kind = ("attention" if any(s in n for s in ("fmha", "flash", "attention", "attn")) else
-                "gemm" if any(s in n for s in ("gemm", "nvjet", "xmma", "cutlass", "sm90", "splitk")) else "other")
+                "gemm" if any(s in n for s in ("gemm", "nvjet", "xmma", "cutlass", "sm90", "splitk", "triton_tem"))
+                else "other")
         split[kind] += e.device_time / 1e3 / 2  # ms per step
         split["kernels"] += 0.5
     return split

@@ -150,7 +150,8 @@ def describe(event: dict[str, Any]) -> str:
                 f"{ci(event.get('accuracy_ci95'))}, macro-F1 {_num(event.get('macro_f1'))}, n={event.get('n', '?')}, "
                 f"unknown {pct(event.get('unknown_rate'))}")
     if kind == "memory_plan":
-        compiled = f", torch.compile {'on' if event['compile'] else 'off'}" if "compile" in event else ""
+        mode = f" ({event['compile_mode']})" if event.get("compile") and event.get("compile_mode") else ""
+        compiled = f", torch.compile {'on' if event['compile'] else 'off'}{mode}" if "compile" in event else ""
         ahead = ", images encoded ahead" if event.get("encode_ahead") else ""
         return (f"memory plan: micro-batch {event.get('micro_batch', '?')} × {event.get('accumulation', '?')}, "
                 f"checkpointing {'on' if event.get('checkpointing') else 'off'}{compiled}{ahead} "

@@ -1,9 +1,12 @@
-"""When to torch.compile the training step, and the compiled artifacts kept across processes.
+"""When to torch.compile the training step, in which mode, and the compiled artifacts kept across processes.
 
-Compiling the decoder layers (trainer.fused) takes the gemma-3-4b fast-path step from ~400 to ~280 ms on an H100,
-but a cold compile costs ~29 s, so it pays only on runs with enough steps (the default 1000-image x 3 run saves
-~22 s: not enough cold, enough warm); a warm start from the cache file costs ~7 s. The numbers are in BENCHMARKS.md
-("GPU training, compiled step and eval batches").
+Compiling the decoder layers (trainer.fused) takes the gemma-3-4b fast-path step from ~400 to ~270 ms on an H100
+("plain"), and to ~250 ms with every GEMM autotuned against inductor's Triton templates ("autotuned"). A cold
+compile costs ~29 s plain and ~5 min autotuned; a warm start from the cache file costs seconds either way. So auto
+weighs each mode's saving over this run's steps against its cost: the default 1000-image x 3 run (~22-25 s saved)
+compiles only warm, the full 3,680-image split x 3 also cold (plain), and autotuning cold pays on no usual run:
+`--compile on` does it once, and every later run of that model on that GPU starts from its cache. The numbers are
+in BENCHMARKS.md ("GPU training, compiled step and eval batches"; the sixteenth set for the autotuned mode).
 
 The cache is torch's "mega-cache": one file of inductor graphs, autograd graphs and Triton kernels, written next to
 the runs (`<output_dir>/../.compile-cache/<key>.bin`, i.e. in the bucket on Cloud Run), so a retried task and every
@@ -15,45 +18,60 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-COLD_COMPILE_S = 29.0  # compiling gemma-3-4b's decoder layers cold, static shapes, H100 (BENCHMARKS.md)
-WARM_COMPILE_S = 7.0  # the same from the cache file: tracing and loading (same section)
-STEP_SAVING = 0.28  # fraction of the eager step that compilation saves: 37.7 -> 52.2 samples/s steady
+
+@dataclass(frozen=True)
+class CompileMode:
+    """What compiling the decoder layers one way costs and saves (gemma-3-4b, H100: BENCHMARKS.md)."""
+
+    cold_s: float  # compiling with no cache file
+    warm_s: float  # starting from the cache file: tracing and loading
+    saving: float  # fraction of the eager step's time saved
+
+
+MODES = {  # trainer.fused.COMPILE_OPTIONS's modes; on a tie the first is taken
+    "autotuned": CompileMode(cold_s=320.0, warm_s=7.0, saving=0.32),  # 268 -> 251 ms a step over plain
+    "plain": CompileMode(cold_s=29.0, warm_s=7.0, saving=0.28),  # eager 37.7 -> 52.2 samples/s steady
+}
 EAGER_S_PER_SAMPLE = 0.0265  # eager fast-path training time per sample at gemma-3-4b dims (37.7 samples/s)
 
 
-def cache_path(cfg, model, device: torch.device) -> Path:
-    """Where this model's compiled artifacts live: keyed by torch, GPU, model dims and the LoRA recipe."""
+def cache_path(cfg, model, device: torch.device, mode: str) -> Path:
+    """Where this model's compiled artifacts live: keyed by torch, GPU, model dims, the LoRA recipe and the mode."""
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     text = model.config.get_text_config().to_dict()
     key = json.dumps([torch.__version__, gpu, sorted((k, str(v)) for k, v in text.items()), cfg.lora_r,
-                      cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target], sort_keys=True)
+                      cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target, mode], sort_keys=True)
     return Path(cfg.output_dir).resolve().parent / ".compile-cache" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.bin"
 
 
 def choose_compile(cfg, device: torch.device, checkpointing: bool, static: bool, total_steps: int,
-                   samples_per_step: int, path: Path) -> tuple[bool, str]:
-    """(compile?, why) for this run; `--compile on/off` decides alone.
+                   samples_per_step: int, warm: set[str]) -> tuple[str | None, str]:
+    """(the MODES mode to compile in, or None; why) for this run; `--compile on/off` decides alone.
 
     `static`: every micro-batch can be padded to one shape (Gemma 3 with cached image features), so one compile
-    serves the whole run; otherwise auto does not compile.
+    serves the whole run; otherwise auto does not compile. `warm`: the modes whose cache file is there. Auto takes
+    the mode whose saving over this run's steps most exceeds what compiling it costs.
     """
     if cfg.compile != "auto":
-        return cfg.compile == "on", f"--compile {cfg.compile}"
+        mode = ("autotuned" if device.type == "cuda" else "plain") if cfg.compile == "on" else None
+        return mode, f"--compile {cfg.compile}" + (f" ({mode})" if mode else "")
     if device.type != "cuda":
-        return False, "CPU: compiling costs more than it saves on the tiny models run here"
+        return None, "CPU: compiling costs more than it saves on the tiny models run here"
     if not cfg.fast_path or cfg.quantization != "none" or checkpointing or not static:
-        return False, "auto compiles only Gemma 3's bf16 fast path without gradient checkpointing"
-    warm = path.is_file()
-    cost = WARM_COMPILE_S if warm else COLD_COMPILE_S
-    start = f"a {'warm start from the cache' if warm else 'cold compile'} (~{cost:.0f} s)"
-    saving = total_steps * samples_per_step * EAGER_S_PER_SAMPLE * STEP_SAVING
-    if saving > cost:
-        return True, f"{total_steps} steps save ~{saving:.0f} s, more than {start}"
-    return False, f"{total_steps} steps would save ~{saving:.0f} s, less than {start}; --compile on forces it"
+        return None, "auto compiles only Gemma 3's bf16 fast path without gradient checkpointing"
+    eager = total_steps * samples_per_step * EAGER_S_PER_SAMPLE
+    cost = {name: m.warm_s if name in warm else m.cold_s for name, m in MODES.items()}
+    best = max(MODES, key=lambda name: eager * MODES[name].saving - cost[name])
+    saving = eager * MODES[best].saving
+    start = f"a {'warm start from the cache' if best in warm else 'cold compile'} (~{cost[best]:.0f} s)"
+    if saving > cost[best]:
+        return best, f"{best}: {total_steps} steps save ~{saving:.0f} s, more than {start}"
+    return None, f"{total_steps} steps would save ~{saving:.0f} s, less than {start}; --compile on forces it"
 
 
 def load_cache(path: Path) -> bool:

@@ -17,7 +17,7 @@ whole decoder layers (below) takes the step to 277-280 ms (bench/gpu_step.py, BE
 evaluation, merging and saving see peft's and transformers' own code. The patched forwards are made once per module
 and reused: torch.compile guards on their identity (new closures every step recompiled every step).
 
-`fused_training(model, compiled=True)` also runs each decoder layer through `torch.compile` (regional: one graph
+`fused_training(model, compiled="plain")` also runs each decoder layer through `torch.compile` (regional: one graph
 per layer kind, shared by all layers of that kind), with static shapes (the trainer pads compiled micro-batches to
 one shape) and inductor's `fallback_random` so dropout draws eager's masks: the compiled step computes what the
 eager one does, to rounding (tests/trainer/test_fused.py). Compiled code is used only inside the block, so eval and
@@ -135,34 +135,48 @@ DYNAMIC = False  # static shapes (the trainer pads compiled micro-batches to one
 # 114 s to compile cold and 63 s warm on an H100, static ones ~29 s cold and ~7 s warm (BENCHMARKS.md)
 
 
-def compiled_layers(model) -> list[tuple[torch.nn.Module, Callable]]:
-    """(decoder layer, its compiled call) pairs; compiled lazily on first use, then reused."""
+COMPILE_OPTIONS: dict[str, dict] = {  # inductor's options per compile mode; trainer.compiling says which pays
+    "plain": {},
+    # every GEMM autotuned between cuBLAS and inductor's Triton templates, which take the LoRA add, the norm and
+    # GeGLU pieces into the matrix product: 268 -> 251 ms a gemma-3-4b step on an H100, for ~5 min more of
+    # compiling cold (BENCHMARKS.md, sixteenth set). Not on a CPU: the templates are Triton's.
+    "autotuned": {"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"},
+}
+
+
+def compiled_layers(model, mode: str = "plain") -> list[tuple[torch.nn.Module, Callable]]:
+    """(decoder layer, its compiled call) pairs for a COMPILE_OPTIONS mode; compiled lazily on first use, then
+    reused."""
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True  # dropout from eager's RNG: the same masks as the eager step
     torch._dynamo.config.automatic_dynamic_shapes = DYNAMIC  # a new shape: its own static graph, not a dynamic one
-    return [(layer, _once(layer, "_gemmactl_compiled", lambda layer=layer: torch.compile(layer._call_impl,
-                                                                                           dynamic=DYNAMIC)))
-            for layer in decoder_layers(model)]
+    options = COMPILE_OPTIONS[mode] or None
+
+    def make(layer):
+        return lambda: torch.compile(layer._call_impl, dynamic=DYNAMIC, options=options)
+
+    return [(layer, _once(layer, f"_gemmactl_compiled_{mode}", make(layer))) for layer in decoder_layers(model)]
 
 
 _PATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(fused, compiled): patch list}
 
 
-def _patches(model, enabled: bool, compiled: bool) -> tuple[list, list]:
+def _patches(model, enabled: bool, compiled: str | None) -> tuple[list, list]:
     """(module, fused forward) and (layer, compiled call) pairs for `model`, found once per model: walking its
     ~2,000 modules on every step cost the host ~35 ms a step at gemma-3-4b size, which the GPU waited for."""
     found = _PATCHES.setdefault(model, {})
     key = (enabled, compiled)
     if key not in found:
         found[key] = ([(m, _once(m, "_gemmactl_fused", make)) for m, make in fusable(model)] if enabled else [],
-                      compiled_layers(model) if compiled else [])
+                      compiled_layers(model, compiled) if compiled else [])
     return found[key]
 
 
 @contextmanager
-def fused_training(model, enabled: bool = True, compiled: bool = False):
-    """Inside: LoRA layers and Gemma RMSNorms of `model` run their fused forwards (and compiled decoder layers).
+def fused_training(model, enabled: bool = True, compiled: str | None = None):
+    """Inside: LoRA layers and Gemma RMSNorms of `model` run their fused forwards (and, with `compiled` a
+    COMPILE_OPTIONS mode, compiled decoder layers).
 
     Which modules those are is found on the first call for a model: the trainer changes no module after LoRA is
     applied, and each patched forward still checks at call time whether its adapter is merged or switched off.

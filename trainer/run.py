@@ -170,17 +170,18 @@ def _plan(cfg: TrainConfig, model, loaded, fmt, samples, train_set, eval_set) ->
     log(f"micro-batch {memory.micro_batch} x {memory.accumulation}, gradient checkpointing "
         f"{'on' if memory.checkpointing else 'off'}: {memory.why}")
     static = cache is not None and model.config.model_type == "gemma3"  # Gemma 4 prompt lengths vary by image
-    compiled, compile_why, path = _compile_choice(cfg, model, loaded.device, memory.checkpointing, len(train_set),
-                                                  static)
+    mode, compile_why, path = _compile_choice(cfg, model, loaded.device, memory.checkpointing, len(train_set), static)
+    compiled = mode is not None
     log(f"torch.compile {'on' if compiled else 'off'}: {compile_why}")
     shape = _compiled_shape(cache, loaded, fmt, train_set, memory.micro_batch) if compiled else None
     ahead, ahead_why = (choose_encode_ahead(model, memory, loaded.device, memory.micro_batch, cfg.image_budget)
                         if cache is not None else (False, "no feature cache"))
     log(f"encode ahead {'on' if ahead else 'off'}: {ahead_why}")
-    plan = StepPlan(memory.micro_batch, answer_loss_sum, cache, fused=True, compile_cache=path if compiled else None,
-                    shape=shape, encode_ahead=ahead)
+    plan = StepPlan(memory.micro_batch, answer_loss_sum, cache, fused=True, compile_cache=path,
+                    compile_mode=mode or "plain", shape=shape, encode_ahead=ahead)
     return plan, {**memory.event(), "feature_cache": cache is not None, "fused": True, "compile": compiled,
-                  "compile_why": compile_why, "encode_ahead": ahead, "encode_ahead_why": ahead_why}
+                  "compile_mode": mode, "compile_why": compile_why, "encode_ahead": ahead,
+                  "encode_ahead_why": ahead_why}
 
 
 def _compiled_shape(cache, loaded, fmt, train_set, micro_batch: int) -> tuple[int, int] | None:
@@ -198,16 +199,24 @@ def _compiled_shape(cache, loaded, fmt, train_set, micro_batch: int) -> tuple[in
 
 
 def _compile_choice(cfg: TrainConfig, model, device, checkpointing: bool, n_train: int, static: bool):
-    """(compile?, why, cache file) for the fast path; a chosen compile starts from the cache file if there."""
-    from trainer.compiling import cache_path, choose_compile, load_cache
+    """(compile mode or None, why, cache file) for the fast path; a chosen compile starts from its cache file if
+    there. A file that does not load (another torch, torn) counts as absent and auto decides again: a warm start
+    was assumed, and an autotuned compile cold costs minutes."""
+    from trainer.compiling import MODES, cache_path, choose_compile, load_cache
 
-    path = cache_path(cfg, model, device)
+    paths = {mode: cache_path(cfg, model, device, mode) for mode in MODES}
+    warm = {mode for mode, path in paths.items() if path.is_file()}
     _, total = plan_steps(n_train, cfg)
-    compiled, why = choose_compile(cfg, device, checkpointing, static, total,
-                                   cfg.batch_size * cfg.gradient_accumulation_steps, path)
-    if compiled and load_cache(path):
-        why += "; compiled artifacts loaded from the cache"
-    return compiled, why, path
+    while True:
+        mode, why = choose_compile(cfg, device, checkpointing, static, total,
+                                   cfg.batch_size * cfg.gradient_accumulation_steps, warm)
+        if mode is None or mode not in warm:
+            return mode, why, paths.get(mode)
+        if load_cache(paths[mode]):
+            return mode, why + "; compiled artifacts loaded from the cache", paths[mode]
+        if cfg.compile != "auto":
+            return mode, why, paths[mode]
+        warm.discard(mode)
 
 
 def _evaluate_modes(model, loaded, fmt, eval_set, cfg: TrainConfig, phase: str, sink: EventSink,

@@ -146,6 +146,7 @@ class StepPlan:
     cache: object | None = None  # trainer.features.FeatureCache when the vision tower is frozen
     fused: bool = False  # trainer.fused: LoRA and RMSNorm in fewer kernels (the same function)
     compile_cache: Path | None = None  # set: decoder layers torch.compiled, artifacts kept in this file
+    compile_mode: str = "plain"  # how they compile (trainer.fused.COMPILE_OPTIONS), when compile_cache is set
     shape: tuple[int, int] | None = None  # (rows, tokens) every micro-batch is padded to: one compiled graph
     encode_ahead: bool = False  # first-epoch images encoded on a thread + stream of their own (trainer.encoding)
 
@@ -159,7 +160,8 @@ def run_step(model, micro_batches: list[dict], plan: StepPlan, device) -> torch.
     """
     n_tokens = sum(answer_tokens(b) for b in micro_batches)  # host-side labels: no wait
     total = torch.zeros((), device=device)
-    with step_context(model, plan.cache is not None, plan.fused, plan.compile_cache is not None):
+    compiled = plan.compile_mode if plan.compile_cache is not None else None
+    with step_context(model, plan.cache is not None, plan.fused, compiled):
         for batch in micro_batches:
             loss = plan.loss(model, to_device(batch, device))
             (loss / n_tokens).backward()
@@ -178,9 +180,9 @@ def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]
 
 
 @contextlib.contextmanager
-def step_context(model, cached: bool, fused: bool, compiled: bool = False):
-    """Inside: pixel_values are cached image features (trainer.features) and the fused (and compiled) forwards
-    run (trainer.fused); all are no-ops for the plain path."""
+def step_context(model, cached: bool, fused: bool, compiled: str | None = None):
+    """Inside: pixel_values are cached image features (trainer.features) and the fused (and, in the `compiled`
+    mode, compiled) forwards run (trainer.fused); all are no-ops for the plain path."""
     from trainer.features import image_features_passthrough
     from trainer.fused import fused_training
 
@@ -285,11 +287,13 @@ def _optimizer_step(model, micro_batches: list[dict], plan: StepPlan, opt, sched
 def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, device) -> tuple[torch.Tensor, StepPlan]:
     """The first step compiles; if compiling fails (no C compiler for Triton's launcher, an unsupported op), the
     run goes on eagerly from the same RNG state and gradients, so it only loses the speed-up."""
+    from trainer.compiling import MODES
     from trainer.encoding import paused_for_compile
     from trainer.events import log
 
     rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    log("first step: compiling the decoder layers (~30 s cold, seconds from a cache file)")
+    cold = MODES[plan.compile_mode].cold_s
+    log(f"first step: compiling the decoder layers, {plan.compile_mode} (~{cold:.0f} s cold, seconds from a cache file)")
     t = time.perf_counter()
     try:
         with paused_for_compile(plan.cache):

@@ -430,10 +430,11 @@ def test_the_memory_plan_event_says_why_in_one_line():
                     "(activations 15.9 GiB fit in 69.8 GiB free)")
 
 
-def test_the_memory_plan_line_says_when_images_are_encoded_ahead():
+def test_the_memory_plan_line_says_how_the_step_compiles_and_when_images_are_encoded_ahead():
     from gemmactl.events import describe
 
     line = describe({"event": "memory_plan", "micro_batch": 16, "accumulation": 1, "checkpointing": False,
-                     "compile": True, "encode_ahead": True, "why": "16 of 16 samples per pass fit"})
-    assert line == ("memory plan: micro-batch 16 × 1, checkpointing off, torch.compile on, images encoded ahead "
-                    "(16 of 16 samples per pass fit)")
+                     "compile": True, "compile_mode": "autotuned", "encode_ahead": True,
+                     "why": "16 of 16 samples per pass fit"})
+    assert line == ("memory plan: micro-batch 16 × 1, checkpointing off, torch.compile on (autotuned), "
+                    "images encoded ahead (16 of 16 samples per pass fit)")

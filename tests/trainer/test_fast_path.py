@@ -200,24 +200,43 @@ def test_a_fixed_shape_batch_adds_nothing_to_the_loss_or_the_gradient(tiny_gemma
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize(("changes", "device", "steps", "cached", "expected"), [
-    ({}, "cpu", 10_000, False, (False, "CPU")),
-    ({"quantization": "4bit"}, "cuda", 10_000, False, (False, "bf16 fast path")),
-    ({}, "cuda", 188, False, (False, "less than a cold compile")),  # the default 1000 x 3: ~22 s saved < ~29 s
-    ({}, "cuda", 690, False, (True, "more than a cold compile")),  # the full 3680-image split x 3
-    ({}, "cuda", 188, True, (True, "more than a warm start")),  # an earlier run left the compiled artifacts
-    ({}, "cuda", 20, True, (False, "less than a warm start")),
-    ({"compile": "on"}, "cpu", 1, False, (True, "--compile on")),
-    ({"compile": "off"}, "cuda", 10_000, True, (False, "--compile off")),
+@pytest.mark.parametrize(("changes", "device", "steps", "warm", "expected"), [
+    ({}, "cpu", 10_000, set(), (None, "CPU")),
+    ({"quantization": "4bit"}, "cuda", 10_000, set(), (None, "bf16 fast path")),
+    ({}, "cuda", 188, set(), (None, "less than a cold compile")),  # the default 1000 x 3: ~22 s saved < ~29 s
+    ({}, "cuda", 690, set(), ("plain", "more than a cold compile")),  # the full 3680-image split x 3
+    ({}, "cuda", 188, {"plain"}, ("plain", "more than a warm start")),  # an earlier run left the compiled artifacts
+    ({}, "cuda", 188, {"autotuned"}, ("autotuned", "more than a warm start")),  # a --compile on run left them
+    ({}, "cuda", 188, {"plain", "autotuned"}, ("autotuned", "more than a warm start")),  # the faster step wins
+    ({}, "cuda", 20, {"plain", "autotuned"}, (None, "less than a warm start")),
+    ({}, "cuda", 100_000, set(), ("autotuned", "more than a cold compile")),  # ~5 min of autotuning repaid
+    ({"compile": "on"}, "cuda", 1, set(), ("autotuned", "--compile on")),
+    ({"compile": "on"}, "cpu", 1, set(), ("plain", "--compile on")),  # Triton's GEMM templates need a GPU
+    ({"compile": "off"}, "cuda", 10_000, {"plain"}, (None, "--compile off")),
 ])
-def test_auto_compiles_when_the_run_repays_the_compile(tmp_path, changes, device, steps, cached, expected):
+def test_auto_compiles_in_the_mode_the_run_repays(changes, device, steps, warm, expected):
     from trainer.compiling import choose_compile
 
-    path = tmp_path / "cache.bin"
-    if cached:
-        path.write_bytes(b"artifacts")
-    compiled, why = choose_compile(TrainConfig(**changes), torch.device(device), False, True, steps, 16, path)
-    assert compiled == expected[0] and expected[1] in why
+    mode, why = choose_compile(TrainConfig(**changes), torch.device(device), False, True, steps, 16, warm)
+    assert mode == expected[0] and expected[1] in why
+
+
+def test_a_cache_file_that_does_not_load_is_decided_again_as_absent(tmp_path, monkeypatch, capsys):
+    import trainer.run
+    from trainer.compiling import cache_path
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "runs" / "a"), train_size=1000, num_epochs=3)
+    ns = types.SimpleNamespace
+    model = ns(config=ns(get_text_config=lambda: ns(to_dict=lambda: {})))
+    device = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    stale = cache_path(cfg, model, device, "autotuned")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"\x00from another torch")
+    mode, why, path = trainer.run._compile_choice(cfg, model, device, False, 1000, True)
+    # a warm autotuned start was assumed; cold it would cost ~5 min, more than the run saves
+    assert (mode, path) == (None, None) and "less than a cold compile" in why
+    assert "not loaded" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -251,7 +270,7 @@ def test_a_compiled_run_learns_what_the_eager_run_learns_and_the_next_run_starts
 def test_when_compiling_fails_the_run_trains_on_eagerly_and_says_so(tmp_path, monkeypatch, capsys):
     import trainer.fused
 
-    def no_compiler(model):  # what Triton raises in an image without a C compiler
+    def no_compiler(model, mode):  # what Triton raises in an image without a C compiler
         def fail(*args, **kwargs):
             raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
 

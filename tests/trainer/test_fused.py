@@ -62,7 +62,7 @@ def _lora_model(request, name, dropout: float, dtype=torch.float32):
     return model.train(), batch
 
 
-def _loss_and_grads(model, batch, fused: bool, compiled: bool = False):
+def _loss_and_grads(model, batch, fused: bool, compiled: str | None = None):
     torch.manual_seed(7)  # the same dropout masks on both paths
     model.zero_grad(set_to_none=True)
     with fused_training(model, fused, compiled):
@@ -112,19 +112,21 @@ def test_the_patches_are_gone_after_the_block_and_adapters_can_be_switched_off_i
 
 
 @pytest.mark.slow
-def test_the_compiled_step_draws_eager_dropout_masks_and_gives_the_same_loss_and_gradients(request):
+@pytest.mark.parametrize("mode", ["plain", "autotuned"])  # autotuned's Triton templates run only on a GPU (there:
+# loss within 1.7e-5, BENCHMARKS.md); here its options must compile to the same step
+def test_the_compiled_step_draws_eager_dropout_masks_and_gives_the_same_loss_and_gradients(request, mode):
     import torch._dynamo
 
     model, batch = _lora_model(request, "tiny_gemma3", dropout=0.1)
     loss, grads = _loss_and_grads(model, batch, fused=True)
     torch._dynamo.reset()
-    compiled_loss, compiled_grads = _loss_and_grads(model, batch, fused=True, compiled=True)
+    compiled_loss, compiled_grads = _loss_and_grads(model, batch, fused=True, compiled=mode)
     assert compiled_loss == pytest.approx(loss, rel=1e-5)
     for n, g in grads.items():
         assert (compiled_grads[n] - g).norm() <= 1e-4 * g.norm() + 1e-12, n
     # another micro-batch shape reuses the dynamic-shape graphs; outside the block the layers run eagerly
     small = {k: v[:2] for k, v in batch.items()}
-    assert _loss_and_grads(model, small, fused=True, compiled=True)[0] == pytest.approx(
+    assert _loss_and_grads(model, small, fused=True, compiled=mode)[0] == pytest.approx(
         _loss_and_grads(model, small, fused=True)[0], rel=1e-5)
     assert all(layer._compiled_call_impl is None for layer in decoder_layers(model))
 
