@@ -55,14 +55,18 @@ def choose_compile(cfg, device: torch.device, checkpointing: bool, static: bool,
 
     `static`: every micro-batch can be padded to one shape (Gemma 3 with cached image features), so one compile
     serves the whole run; otherwise auto does not compile. `warm`: the modes whose cache file is there. Auto takes
-    the mode whose saving over this run's steps most exceeds what compiling it costs.
+    the mode whose saving over this run's steps most exceeds what compiling it costs. `--compile on` autotunes only
+    where auto could: elsewhere shapes may vary (each new one compiles again) or the GEMMs are 4-bit, unmeasured.
     """
-    if cfg.compile != "auto":
-        mode = ("autotuned" if device.type == "cuda" else "plain") if cfg.compile == "on" else None
-        return mode, f"--compile {cfg.compile}" + (f" ({mode})" if mode else "")
+    measured = cfg.fast_path and cfg.quantization == "none" and not checkpointing and static
+    if cfg.compile == "on":
+        mode = "autotuned" if measured and device.type == "cuda" else "plain"
+        return mode, f"--compile on ({mode})"
+    if cfg.compile == "off":
+        return None, "--compile off"
     if device.type != "cuda":
         return None, "CPU: compiling costs more than it saves on the tiny models run here"
-    if not cfg.fast_path or cfg.quantization != "none" or checkpointing or not static:
+    if not measured:
         return None, "auto compiles only Gemma 3's bf16 fast path without gradient checkpointing"
     eager = total_steps * samples_per_step * EAGER_S_PER_SAMPLE
     cost = {name: m.warm_s if name in warm else m.cold_s for name, m in MODES.items()}

@@ -212,6 +212,7 @@ def test_a_fixed_shape_batch_adds_nothing_to_the_loss_or_the_gradient(tiny_gemma
     ({}, "cuda", 100_000, set(), ("autotuned", "more than a cold compile")),  # ~5 min of autotuning repaid
     ({"compile": "on"}, "cuda", 1, set(), ("autotuned", "--compile on")),
     ({"compile": "on"}, "cpu", 1, set(), ("plain", "--compile on")),  # Triton's GEMM templates need a GPU
+    ({"compile": "on", "quantization": "4bit"}, "cuda", 1, set(), ("plain", "--compile on")),  # 4-bit: unmeasured
     ({"compile": "off"}, "cuda", 10_000, {"plain"}, (None, "--compile off")),
 ])
 def test_auto_compiles_in_the_mode_the_run_repays(changes, device, steps, warm, expected):
