@@ -9,6 +9,7 @@ another thread cannot shift the training step's dropout masks). `one_per_call`: 
 CUDA graph, against the batched call.
 
     python3 bench/gpu_vision.py --out $OUT/vision          # on the GPU
+    python3 bench/gpu_vision.py --out $OUT/vision --only-compiled --compile-modes plain,autotuned --batches 16
     python3 bench/gpu_vision.py --out /tmp/v --tiny --device cpu
 """
 
@@ -87,9 +88,9 @@ def run(args) -> dict:
     with torch.no_grad():
         reference = {b: inner.get_image_features(pixels[:b], return_dict=True).pooler_output for b in args.batches}
         result["rng_unchanged"] = rng_unchanged(inner, pixels[:args.batches[0]], args.device)
-        for name, ctx in variants(inner).items():
-            for b in args.batches:
-                result["rows"].append(row(name, ctx, inner, pixels[:b], reference[b], args))
+        if not args.only_compiled:
+            for name, ctx in variants(inner).items():
+                result["rows"] += [row(name, ctx, inner, pixels[:b], reference[b], args) for b in args.batches]
         from trainer.model import (
             contiguous_vision_stream,  # what the trainer's loader adds (kept from here on)
         )
@@ -97,43 +98,60 @@ def run(args) -> dict:
         contiguous_vision_stream(model)
         for b in args.batches:
             result["rows"].append(row("contiguous", variants(inner)["default"], inner, pixels[:b], reference[b], args))
-        if args.device == "cuda":
+        if args.device == "cuda" and not args.only_compiled:
             result["one_per_call"] = one_per_call(inner, pixels[:16], args)
         if args.compile:
-            tower = inner.vision_tower
-            inner.vision_tower = torch.compile(tower, dynamic=False)
-            try:
-                for b in args.batches:
-                    t = time.perf_counter()
-                    inner.get_image_features(pixels[:b], return_dict=True)
-                    first = time.perf_counter() - t
-                    r = row("compiled", __import__("contextlib").nullcontext, inner, pixels[:b], reference[b], args)
-                    result["rows"].append(r | {"first_call_s": round(first, 2)})
-            finally:
-                inner.vision_tower = tower
-            result["rows"].append(compiled_with(inner, "cudnn_attention", pixels[:args.batches[0]],
-                                                reference[args.batches[0]], args))
+            result["rows"] += compiled_rows(inner, pixels, reference, args)
     if args.profile and args.device == "cuda":
         result["profile"] = profile(inner, pixels[:args.batches[0]])
     return result
 
 
-def compiled_with(inner, backend: str, pixels, reference, args) -> dict:
-    """The tower compiled (static shapes) with SDPA held to one backend while tracing and running: inductor picks
-    its attention kernel when it traces, where the eager tower's dispatcher picks cuDNN."""
+def compiled_rows(inner, pixels, reference, args) -> list[dict]:
+    """The tower compiled: as the dispatcher picks attention at every batch size (unless --only-compiled), then
+    with cuDNN attention held, once per trainer.fused.COMPILE_OPTIONS mode in --compile-modes."""
+    import contextlib
+
+    import torch
+
+    from trainer.fused import COMPILE_OPTIONS
+
+    rows, b0 = [], args.batches[0]
+    tower = inner.vision_tower
+    if not args.only_compiled:
+        inner.vision_tower = torch.compile(tower, dynamic=False)
+        try:
+            for b in args.batches:
+                t = time.perf_counter()
+                inner.get_image_features(pixels[:b], return_dict=True)
+                first = time.perf_counter() - t
+                r = row("compiled", contextlib.nullcontext, inner, pixels[:b], reference[b], args)
+                rows.append(r | {"first_call_s": round(first, 2)})
+        finally:
+            inner.vision_tower = tower
+    for mode in args.compile_modes.split(","):
+        rows.append(compiled_with(inner, "cudnn_attention", pixels[:b0], reference[b0], args, mode,
+                                  COMPILE_OPTIONS[mode]))
+    return rows
+
+
+def compiled_with(inner, backend: str, pixels, reference, args, mode: str = "plain", options: dict | None = None) -> dict:
+    """The tower compiled (static shapes, inductor `options`) with SDPA held to one backend while tracing and
+    running: inductor picks its attention kernel when it traces, where the eager tower's dispatcher picks cuDNN."""
     import torch
 
     torch._dynamo.reset()
     tower, ctx = inner.vision_tower, variants(inner)[backend]
-    inner.vision_tower = torch.compile(tower, dynamic=False)
+    inner.vision_tower = torch.compile(tower, dynamic=False, options=options or None)
+    name = f"compiled_{backend}" + ("" if mode == "plain" else f"_{mode}")
     try:
         with ctx():
             t = time.perf_counter()
             inner.get_image_features(pixels, return_dict=True)
             first = time.perf_counter() - t
-        return row(f"compiled_{backend}", ctx, inner, pixels, reference, args) | {"first_call_s": round(first, 2)}
+        return row(name, ctx, inner, pixels, reference, args) | {"first_call_s": round(first, 2)}
     except Exception as exc:  # noqa: BLE001 -- e.g. no cuDNN attention on this device: a row that says so
-        return {"variant": f"compiled_{backend}", "batch": len(pixels), "error": str(exc).splitlines()[0][:200]}
+        return {"variant": name, "batch": len(pixels), "error": str(exc).splitlines()[0][:200]}
     finally:
         inner.vision_tower = tower
 
@@ -237,6 +255,10 @@ def main() -> int:
     p.add_argument("--batches", default="16,8,32", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--compile-modes", default="plain",
+                   help="trainer.fused.COMPILE_OPTIONS modes to compile the tower in, cuDNN attention held (plain,autotuned)")
+    p.add_argument("--only-compiled", action="store_true",
+                   help="skip the eager backends, one image per call and the dispatcher-picked compile")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
