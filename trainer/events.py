@@ -18,7 +18,10 @@ import math
 import os
 import re
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -116,3 +119,22 @@ class ListSink:
 def log(message: str) -> None:
     """A plain human line on stderr."""
     print(scrub(message), file=sys.stderr, flush=True)
+
+
+@contextmanager
+def heartbeat(what: str, every_s: float = 60.0) -> Iterator[None]:
+    """Log `what` with the time elapsed every `every_s` seconds until the block ends: a wait with nothing else to
+    say (an autotuned compile, ~5 min cold) still shows the job is alive."""
+    done, start = threading.Event(), time.perf_counter()
+
+    def beat():
+        while not done.wait(every_s):
+            log(f"{what}: {time.perf_counter() - start:.0f} s so far")
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

@@ -139,8 +139,10 @@ COMPILE_OPTIONS: dict[str, dict] = {  # inductor's options per compile mode; tra
     "plain": {},
     # every GEMM autotuned between cuBLAS and inductor's Triton templates, which take the LoRA add, the norm and
     # GeGLU pieces into the matrix product: 268 -> 251 ms a gemma-3-4b step on an H100, for ~5 min more of
-    # compiling cold (BENCHMARKS.md, sixteenth set). Not on a CPU: the templates are Triton's.
-    "autotuned": {"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"},
+    # compiling cold (BENCHMARKS.md, sixteenth set). Not on a CPU: the templates are Triton's. Without the last two,
+    # inductor prints a table of timings for every GEMM shape (~300 lines) into the job's log.
+    "autotuned": {"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON",
+                  "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False},
 }
 
 

@@ -289,14 +289,14 @@ def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, devic
     run goes on eagerly from the same RNG state and gradients, so it only loses the speed-up."""
     from trainer.compiling import MODES
     from trainer.encoding import paused_for_compile
-    from trainer.events import log
+    from trainer.events import heartbeat, log
 
     rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     cold = MODES[plan.compile_mode].cold_s
     log(f"first step: compiling the decoder layers, {plan.compile_mode} (~{cold:.0f} s cold, seconds from a cache file)")
     t = time.perf_counter()
     try:
-        with paused_for_compile(plan.cache):
+        with paused_for_compile(plan.cache), heartbeat("first step: still compiling"):
             loss = run_step(model, micro_batches, plan, device)
         log(f"first step compiled and queued in {time.perf_counter() - t:.1f} s")
         return loss, plan

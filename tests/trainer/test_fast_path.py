@@ -303,3 +303,16 @@ def test_a_torn_compile_cache_only_means_a_cold_compile(tmp_path, capsys):
     torn.write_bytes(b"\x00half a file")
     assert load_cache(torn) is False and load_cache(tmp_path / "missing.bin") is False
     assert "not loaded" in capsys.readouterr().err
+
+
+def test_a_long_compile_still_logs_that_the_job_is_alive_and_stops_when_it_ends(capsys):
+    import time
+
+    from trainer.events import heartbeat
+
+    with heartbeat("first step: still compiling", every_s=0.05):
+        time.sleep(0.3)
+    beats = capsys.readouterr().err.splitlines()
+    assert len(beats) >= 2 and all(b.startswith("first step: still compiling: ") for b in beats)
+    time.sleep(0.15)
+    assert capsys.readouterr().err == ""
