@@ -114,8 +114,6 @@ def compiled_rows(inner, pixels, reference, args) -> list[dict]:
 
     import torch
 
-    from trainer.fused import COMPILE_OPTIONS
-
     rows, b0 = [], args.batches[0]
     tower = inner.vision_tower
     if not args.only_compiled:
@@ -129,20 +127,22 @@ def compiled_rows(inner, pixels, reference, args) -> list[dict]:
                 rows.append(r | {"first_call_s": round(first, 2)})
         finally:
             inner.vision_tower = tower
-    for mode in args.compile_modes.split(","):
-        rows.append(compiled_with(inner, "cudnn_attention", pixels[:b0], reference[b0], args, mode,
-                                  COMPILE_OPTIONS[mode]))
+    for mode in args.compile_modes:
+        rows.append(compiled_with(inner, "cudnn_attention", pixels[:b0], reference[b0], args, mode))
     return rows
 
 
-def compiled_with(inner, backend: str, pixels, reference, args, mode: str = "plain", options: dict | None = None) -> dict:
-    """The tower compiled (static shapes, inductor `options`) with SDPA held to one backend while tracing and
-    running: inductor picks its attention kernel when it traces, where the eager tower's dispatcher picks cuDNN."""
+def compiled_with(inner, backend: str, pixels, reference, args, mode: str = "plain") -> dict:
+    """The tower compiled (static shapes, the trainer's inductor options for `mode`) with SDPA held to one backend
+    while tracing and running: inductor picks its attention kernel when it traces, where the eager tower's
+    dispatcher picks cuDNN."""
     import torch
+
+    from trainer.fused import COMPILE_OPTIONS
 
     torch._dynamo.reset()
     tower, ctx = inner.vision_tower, variants(inner)[backend]
-    inner.vision_tower = torch.compile(tower, dynamic=False, options=options or None)
+    inner.vision_tower = torch.compile(tower, dynamic=False, options=COMPILE_OPTIONS[mode] or None)
     name = f"compiled_{backend}" + ("" if mode == "plain" else f"_{mode}")
     try:
         with ctx():
@@ -255,7 +255,7 @@ def main() -> int:
     p.add_argument("--batches", default="16,8,32", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--no-compile", dest="compile", action="store_false")
-    p.add_argument("--compile-modes", default="plain",
+    p.add_argument("--compile-modes", default="plain", type=compile_modes,
                    help="trainer.fused.COMPILE_OPTIONS modes to compile the tower in, cuDNN attention held (plain,autotuned)")
     p.add_argument("--only-compiled", action="store_true",
                    help="skip the eager backends, one image per call and the dispatcher-picked compile")
@@ -265,6 +265,16 @@ def main() -> int:
     args = p.parse_args()
     save_json(run(args), Path(args.out) / "vision.json")
     return 0
+
+
+def compile_modes(text: str) -> list[str]:
+    """--compile-modes: a comma list of trainer.fused.COMPILE_OPTIONS modes (a wrong one: argparse's one line)."""
+    from trainer.fused import COMPILE_OPTIONS
+
+    modes = text.split(",")
+    if unknown := [m for m in modes if m not in COMPILE_OPTIONS]:
+        raise argparse.ArgumentTypeError(f"unknown mode {', '.join(unknown)}; known: {', '.join(COMPILE_OPTIONS)}")
+    return modes
 
 
 def save_json(result: dict, path: Path) -> None:

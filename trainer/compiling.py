@@ -3,7 +3,7 @@
 Compiling the decoder layers (trainer.fused) takes the gemma-3-4b fast-path step from ~400 to ~270 ms on an H100
 ("plain"), and to ~250 ms with every GEMM autotuned against inductor's Triton templates ("autotuned"). A cold
 compile costs ~29 s plain and ~5 min autotuned; a warm start from the cache file costs seconds either way. So auto
-weighs each mode's saving over this run's steps against its cost: the default 1000-image x 3 run (~22-25 s saved)
+weighs each mode's saving over this run's steps against its cost: the default 1000-image x 3 run (~22-26 s saved)
 compiles only warm, the full 3,680-image split x 3 also cold (plain), and autotuning cold pays on no usual run:
 `--compile on` does it once, and every later run of that model on that GPU starts from its cache. The numbers are
 in BENCHMARKS.md ("GPU training, compiled step and eval batches"; the sixteenth set for the autotuned mode).

@@ -178,7 +178,7 @@ def _plan(cfg: TrainConfig, model, loaded, fmt, samples, train_set, eval_set) ->
                         if cache is not None else (False, "no feature cache"))
     log(f"encode ahead {'on' if ahead else 'off'}: {ahead_why}")
     plan = StepPlan(memory.micro_batch, answer_loss_sum, cache, fused=True, compile_cache=path,
-                    compile_mode=mode or "plain", shape=shape, encode_ahead=ahead)
+                    compile_mode=mode, shape=shape, encode_ahead=ahead)
     return plan, {**memory.event(), "feature_cache": cache is not None, "fused": True, "compile": compiled,
                   "compile_mode": mode, "compile_why": compile_why, "encode_ahead": ahead,
                   "encode_ahead_why": ahead_why}

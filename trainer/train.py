@@ -146,7 +146,7 @@ class StepPlan:
     cache: object | None = None  # trainer.features.FeatureCache when the vision tower is frozen
     fused: bool = False  # trainer.fused: LoRA and RMSNorm in fewer kernels (the same function)
     compile_cache: Path | None = None  # set: decoder layers torch.compiled, artifacts kept in this file
-    compile_mode: str = "plain"  # how they compile (trainer.fused.COMPILE_OPTIONS), when compile_cache is set
+    compile_mode: str | None = None  # with compile_cache: how they compile (trainer.fused.COMPILE_OPTIONS)
     shape: tuple[int, int] | None = None  # (rows, tokens) every micro-batch is padded to: one compiled graph
     encode_ahead: bool = False  # first-epoch images encoded on a thread + stream of their own (trainer.encoding)
 
@@ -160,8 +160,7 @@ def run_step(model, micro_batches: list[dict], plan: StepPlan, device) -> torch.
     """
     n_tokens = sum(answer_tokens(b) for b in micro_batches)  # host-side labels: no wait
     total = torch.zeros((), device=device)
-    compiled = plan.compile_mode if plan.compile_cache is not None else None
-    with step_context(model, plan.cache is not None, plan.fused, compiled):
+    with step_context(model, plan.cache is not None, plan.fused, plan.compile_mode):
         for batch in micro_batches:
             loss = plan.loss(model, to_device(batch, device))
             (loss / n_tokens).backward()
@@ -307,7 +306,7 @@ def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, devic
     if rng[1] is not None:
         torch.cuda.set_rng_state_all(rng[1])
     model.zero_grad(set_to_none=True)
-    plan = replace(plan, compile_cache=None)
+    plan = replace(plan, compile_cache=None, compile_mode=None)
     return run_step(model, micro_batches, plan, device), plan
 
 
