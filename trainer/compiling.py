@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,3 +131,39 @@ def compiled_new_artifacts(path: Path) -> bool:
         ("aot_autograd", "autograd_cache_miss"), ("aot_autograd", "autograd_cache_bypass"),
         ("inductor", "fxgraph_cache_miss"), ("inductor", "fxgraph_cache_bypass")))
     return new > 0 or hits == 0
+
+
+class SkippedChoices(logging.Filter):
+    """Keeps inductor's reports of autotune choices it drops out of the job's log, and counts them.
+
+    The autotuned compile builds ~20 Triton configs per GEMM shape. On an H100 some need more shared memory than
+    the GPU has (256 KiB against 227); they fail to build and inductor drops them, but logs each at ERROR level with
+    a traceback: 62 of the 81 lines of a cold run's log, though nothing failed (BENCHMARKS.md, seventeenth set).
+    """
+
+    LOGGER = "torch._inductor.select_algorithm"
+    MARKERS = ("Ignoring this choice", "for benchmark choice")  # the messages of a choice dropped, not of a failure
+
+    def __init__(self):
+        super().__init__()
+        self.reports = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if any(marker in str(record.msg) for marker in self.MARKERS):
+            self.reports += 1
+            return False
+        return True
+
+
+@contextmanager
+def quiet_autotune() -> Iterator[SkippedChoices]:
+    """Inside: inductor's reports of dropped autotune choices are counted, not logged, and its autotune's
+    deprecation warning (its own use of TypedStorage, nothing the user can act on) is not shown."""
+    skipped, logger = SkippedChoices(), logging.getLogger(SkippedChoices.LOGGER)
+    logger.addFilter(skipped)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
+            yield skipped
+    finally:
+        logger.removeFilter(skipped)

@@ -286,7 +286,7 @@ def _optimizer_step(model, micro_batches: list[dict], plan: StepPlan, opt, sched
 def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, device) -> tuple[torch.Tensor, StepPlan]:
     """The first step compiles; if compiling fails (no C compiler for Triton's launcher, an unsupported op), the
     run goes on eagerly from the same RNG state and gradients, so it only loses the speed-up."""
-    from trainer.compiling import MODES
+    from trainer.compiling import MODES, quiet_autotune
     from trainer.encoding import paused_for_compile
     from trainer.events import heartbeat, log
 
@@ -295,9 +295,12 @@ def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, devic
     log(f"first step: compiling the decoder layers, {plan.compile_mode} (~{cold:.0f} s cold, seconds from a cache file)")
     t = time.perf_counter()
     try:
-        with paused_for_compile(plan.cache), heartbeat("first step: still compiling"):
+        with paused_for_compile(plan.cache), heartbeat("first step: still compiling"), quiet_autotune() as skipped:
             loss = run_step(model, micro_batches, plan, device)
         log(f"first step compiled and queued in {time.perf_counter() - t:.1f} s")
+        if skipped.reports:
+            log(f"autotune: inductor dropped the Triton configs this GPU cannot build or run and kept the rest "
+                f"({skipped.reports} reports of it kept out of this log)")
         return loss, plan
     except Exception as exc:  # noqa: BLE001 -- any compiler failure; the eager step below re-raises real errors
         first_line = (str(exc).strip().splitlines() or [""])[0][:200]

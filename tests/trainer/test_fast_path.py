@@ -8,7 +8,9 @@ against the plain computation on the tiny models, then whole runs are compared e
 from __future__ import annotations
 
 import json
+import logging
 import types
+import warnings
 
 import pytest
 import torch
@@ -316,3 +318,77 @@ def test_a_long_compile_still_logs_that_the_job_is_alive_and_stops_when_it_ends(
     assert len(beats) >= 2 and all(b.startswith("first step: still compiling: ") for b in beats)
     time.sleep(0.15)
     assert capsys.readouterr().err == ""
+
+
+class _Kept(logging.Handler):
+    """The records a logger lets through (handlers on it see only what its filters keep)."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _inductor_drops_a_choice():
+    """What inductor 2.11-2.13 logs when an autotune choice does not build on the GPU, then drops it."""
+    log = logging.getLogger("torch._inductor.select_algorithm")
+    error = RuntimeError("No valid triton configs. OutOfMemoryError: out of resource: triton_mm Required: 262144")
+    log.error("Exception %s for benchmark choice %s", error, "TritonTemplateCaller(mm)", exc_info=error)
+    log.error("Runtime error during autotuning: \n%s. \nIgnoring this choice.", str(error))
+    warnings.warn("TypedStorage is deprecated. It will be removed in the future", UserWarning, stacklevel=1)
+
+
+def test_the_autotune_choices_inductor_drops_stay_out_of_the_log_and_real_errors_do_not():
+    from trainer.compiling import quiet_autotune
+
+    kept, log = _Kept(), logging.getLogger("torch._inductor.select_algorithm")
+    log.addHandler(kept)
+    try:
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")
+            with quiet_autotune() as skipped:
+                _inductor_drops_a_choice()
+                log.error("Runtime error for autotuning triton choices, defaulting to extern kernels.")
+            _inductor_drops_a_choice()  # outside: inductor's logging and warnings as they were
+    finally:
+        log.removeHandler(kept)
+    assert skipped.reports == 2 and [str(w.message)[:26] for w in shown] == ["TypedStorage is deprecated"]
+    assert kept.messages[0] == "Runtime error for autotuning triton choices, defaulting to extern kernels."
+    assert len(kept.messages) == 3 and "Ignoring this choice" in kept.messages[2]
+
+
+@pytest.mark.slow
+def test_an_autotuned_compile_says_in_one_line_what_inductor_dropped(tmp_path, monkeypatch, capsys):
+    import trainer.fused
+
+    dropped = []
+
+    def dropping_choices(model, mode):  # each layer's compile drops a choice once, then the layer runs as compiled
+        def call(layer):
+            def compiled(*args, **kwargs):
+                if layer not in dropped:
+                    dropped.append(layer)
+                    _inductor_drops_a_choice()
+                return layer._call_impl(*args, **kwargs)
+            return compiled
+
+        return [(layer, call(layer)) for layer in trainer.fused.decoder_layers(model)]
+
+    monkeypatch.setattr(trainer.fused, "compiled_layers", dropping_choices)
+    cfg = TrainConfig(model_id="builtin:tiny-gemma3", dataset="builtin:synthetic-pets", prompt="short",
+                      train_size=16, eval_size=4, batch_size=8, gradient_accumulation_steps=1, num_epochs=1,
+                      lora_r=4, eval_mode="constrained", num_workers=0, save_steps=0, compile="on")
+    kept, log = _Kept(), logging.getLogger("torch._inductor.select_algorithm")
+    log.addHandler(kept)
+    try:
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")
+            assert run(cfg.replace(output_dir=str(tmp_path / "runs" / "x")), ListSink()) == 0
+    finally:
+        log.removeHandler(kept)
+    err = capsys.readouterr().err
+    assert dropped and f"({2 * len(dropped)} reports of it kept out of this log)" in err
+    assert not [w for w in shown if "TypedStorage" in str(w.message)]
+    assert kept.messages == [] and "Ignoring this choice" not in err
