@@ -6,16 +6,18 @@ trainer.features makes) per image at several batch sizes, under each SDPA backen
 residual stream (trainer.model.contiguous_vision_stream) and then also compiled, with the largest
 difference from the default features, and checks that an encode leaves the CUDA RNG state alone (so encoding on
 another thread cannot shift the training step's dropout masks). `one_per_call`: one image per call, eager and as a
-CUDA graph, against the batched call.
+CUDA graph, against the batched call. `--pad-heads`: attention over zero-padded heads (bench/gpu_headdim.py).
 
     python3 bench/gpu_vision.py --out $OUT/vision          # on the GPU
     python3 bench/gpu_vision.py --out $OUT/vision --only-compiled --compile-modes plain,autotuned --batches 16
+    python3 bench/gpu_vision.py --out $OUT/vision --only-compiled --no-compile --pad-heads 80,96,128 --batches 16
     python3 bench/gpu_vision.py --out /tmp/v --tiny --device cpu
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -98,6 +100,10 @@ def run(args) -> dict:
         contiguous_vision_stream(model)
         for b in args.batches:
             result["rows"].append(row("contiguous", variants(inner)["default"], inner, pixels[:b], reference[b], args))
+        for width in args.pad_heads:
+            with padded_heads(inner, width):
+                b = args.batches[0]
+                result["rows"].append(row(f"padded{width}", variants(inner)["default"], inner, pixels[:b], reference[b], args))
         if args.device == "cuda" and not args.only_compiled:
             result["one_per_call"] = one_per_call(inner, pixels[:16], args)
         if args.compile:
@@ -154,6 +160,30 @@ def compiled_with(inner, backend: str, pixels, reference, args, mode: str = "pla
         return {"variant": name, "batch": len(pixels), "error": str(exc).splitlines()[0][:200]}
     finally:
         inner.vision_tower = tower
+
+
+@contextlib.contextmanager
+def padded_heads(inner, width: int):
+    """The tower's attention over heads zero-padded to `width` (bench/gpu_headdim.py: the same function, another
+    kernel), through transformers' AttentionInterface; the tower's own implementation is restored after."""
+    import torch.nn.functional as F
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def padded(module, q, k, v, mask, **kwargs):
+        dim = q.shape[-1]
+        q, k, v = (F.pad(t, (0, width - dim)) for t in (q, k, v))
+        out, weights = sdpa_attention_forward(module, q, k, v, mask, **kwargs)  # scaling: the module's, 72 ** -0.5
+        return out[..., :dim], weights
+
+    name = f"gemmactl_padded{width}"
+    AttentionInterface.register(name, padded)
+    config = inner.vision_tower.config
+    before, config._attn_implementation_internal = config._attn_implementation_internal, name
+    try:
+        yield
+    finally:
+        config._attn_implementation_internal = before
 
 
 def row(name: str, ctx, inner, pixels, reference, args) -> dict:
@@ -259,6 +289,8 @@ def main() -> int:
                    help="trainer.fused.COMPILE_OPTIONS modes to compile the tower in, cuDNN attention held (plain,autotuned)")
     p.add_argument("--only-compiled", action="store_true",
                    help="skip the eager backends, one image per call and the dispatcher-picked compile")
+    p.add_argument("--pad-heads", default="", type=lambda s: [int(x) for x in s.split(",") if x],
+                   help="also time the contiguous tower with its attention heads zero-padded to these widths")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
