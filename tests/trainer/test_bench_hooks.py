@@ -111,6 +111,30 @@ def test_the_attention_probes_unmasked_split_computes_gemma3s_masked_attention(m
         torch.testing.assert_close(a, b)
 
 
+def test_the_padded_head_probes_compute_the_towers_attention_and_leave_it_as_it_was(tiny_gemma3, monkeypatch):
+    """bench/gpu_headdim.py and gpu_vision.py --pad-heads time attention over zero-padded heads: the same function
+    (scale kept at the real head size), or their timings compare different work; the tower gets its own back."""
+    import torch
+    import torch.nn.functional as F
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gpu_headdim
+    import gpu_vision
+
+    q, k, v = (torch.randn(2, 3, 20, 12, dtype=torch.float64) for _ in range(3))
+    torch.testing.assert_close(gpu_headdim.padded_sdpa(q, k, v, 32), F.scaled_dot_product_attention(q, k, v))
+    inner = tiny_gemma3[0].model
+    size = inner.config.vision_config.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    before = inner.vision_tower.config._attn_implementation
+    with torch.no_grad():
+        plain = inner.get_image_features(pixels, return_dict=True).pooler_output
+        with gpu_vision.padded_heads(inner, 40):
+            padded = inner.get_image_features(pixels, return_dict=True).pooler_output
+    torch.testing.assert_close(padded, plain)
+    assert inner.vision_tower.config._attn_implementation == before
+
+
 def test_the_gemm_probes_fused_and_separate_projections_compute_the_same(monkeypatch):
     """bench/gpu_gemm.py times q/k/v as one GEMM over concatenated weights against three: same products, or the
     saving it reports compares different work."""
