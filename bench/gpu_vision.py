@@ -69,8 +69,6 @@ def build(args):
 
 def variants(inner):
     """name -> context manager factory (None: not available)."""
-    import contextlib
-
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     out = {"default": contextlib.nullcontext}
@@ -116,8 +114,6 @@ def run(args) -> dict:
 def compiled_rows(inner, pixels, reference, args) -> list[dict]:
     """The tower compiled: as the dispatcher picks attention at every batch size (unless --only-compiled), then
     with cuDNN attention held, once per trainer.fused.COMPILE_OPTIONS mode in --compile-modes."""
-    import contextlib
-
     import torch
 
     rows, b0 = [], args.batches[0]
