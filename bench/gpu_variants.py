@@ -15,7 +15,8 @@ INDUCTOR: dict[str, dict] = {
     "fused_graphs": {},  # + CUDA graphs over the compiled layers (tried, not kept: BENCHMARKS.md)
     "cpp_wrapper": {"cpp_wrapper": True},  # inductor's C++ wrapper (tried, not kept: BENCHMARKS.md)
     "autotune": {},  # the trainer's "autotuned" mode: GEMMs autotuned against inductor's Triton templates
-    "autotune_tma": {"triton.enable_persistent_tma_matmul": True},  # + Hopper's persistent TMA templates
+    # + Hopper's persistent TMA templates (seventeenth set: its cold autotune outran a 330 s call; no figure yet)
+    "autotune_tma": {"triton.enable_persistent_tma_matmul": True},
     "cdt": {"coordinate_descent_tuning": True},  # the pointwise and reduction kernels' launch configs tuned
 }
 AUTOTUNED = {"autotune", "autotune_tma"}  # compiled in trainer.fused's "autotuned" mode, the rest "plain"

@@ -224,6 +224,15 @@ def test_auto_compiles_in_the_mode_the_run_repays(changes, device, steps, warm, 
     assert mode == expected[0] and expected[1] in why
 
 
+def test_every_mode_auto_can_choose_has_inductor_options_and_no_others():
+    """trainer.compiling weighs the modes, trainer.fused compiles them: a mode in one table only would fail its
+    compile with a KeyError, which the first step would read as a compiler failure and quietly train on eagerly."""
+    from trainer.compiling import MODES
+    from trainer.fused import COMPILE_OPTIONS
+
+    assert set(MODES) == set(COMPILE_OPTIONS)
+
+
 def test_a_cache_file_that_does_not_load_is_decided_again_as_absent(tmp_path, monkeypatch, capsys):
     import trainer.run
     from trainer.compiling import cache_path
