@@ -158,24 +158,36 @@ def time_snapshots(marks: dict) -> None:
     train_mod.snapshot = timed
 
 
-def profile_first_step(out: Path) -> None:
-    """cProfile of the first (compiling) step, written to `out`/first_step_profile.txt: where its seconds go."""
-    import cProfile
+COMPILING = ("compile_ahead", "_first_compiled_step")  # trainer.train's functions in which the step compiles
 
+
+def _wrap_compiling(wrap) -> None:
+    """Replace each of trainer.train's COMPILING functions with `wrap(real)`: the step compiles ahead (static
+    shapes, before the baseline eval) or, where shapes vary, in the first step."""
     import trainer.train as train_mod
 
-    real = train_mod._first_compiled_step
+    for name in COMPILING:
+        if hasattr(train_mod, name):  # an older trainer checkout (BENCH_TRAINER_ROOT) may lack one
+            setattr(train_mod, name, wrap(getattr(train_mod, name)))
 
-    def profiled(*a, **k):
-        prof = cProfile.Profile()
-        prof.enable()
-        try:
-            return real(*a, **k)
-        finally:
-            prof.disable()
-            write_profile(prof, out / "first_step_profile.txt", cumulative=60, own=40)
 
-    train_mod._first_compiled_step = profiled
+def profile_first_step(out: Path) -> None:
+    """cProfile of the step's compile (ahead of training, or the first step's), written to
+    `out`/first_step_profile.txt: where its seconds go."""
+    import cProfile
+
+    def wrap(real):
+        def profiled(*a, **k):
+            prof = cProfile.Profile()
+            prof.enable()
+            try:
+                return real(*a, **k)
+            finally:
+                prof.disable()
+                write_profile(prof, out / "first_step_profile.txt", cumulative=60, own=40)
+        return profiled
+
+    _wrap_compiling(wrap)
 
 
 def write_profile(profile, path: Path, cumulative: int, own: int) -> None:
@@ -193,26 +205,24 @@ def write_profile(profile, path: Path, cumulative: int, own: int) -> None:
 
 
 def probe_benchmarks(marks: dict) -> None:
-    """After the first step, every Triton kernel inductor has loaded and what its autotune cache said ("hit", "miss":
+    """After the step's compile, every Triton kernel inductor has loaded and what its autotune cache said ("hit", "miss":
     benchmarked on its first run, "only 1 config"), and torch's count of kernel benchmarks. A warm start from the
     compile cache should have no misses; the sixth set's first-step cProfile counted 17 benchmarks.
 
     Read-only (gc walk after the step): patching the autotuner's methods broke the compile (their attributes
     differ between torch versions), and the trainer then runs on eagerly.
     """
-    import trainer.train as train_mod
+    def wrap(real):
+        def probed(*a, **k):
+            result = real(*a, **k)
+            try:
+                marks["autotuned_kernels"] = _autotune_states()
+            except Exception as exc:  # noqa: BLE001 -- a probe never fails the run
+                marks["autotuned_kernels"] = [{"probe_error": f"{type(exc).__name__}: {exc}"}]
+            return result
+        return probed
 
-    real = train_mod._first_compiled_step
-
-    def probed(*a, **k):
-        result = real(*a, **k)
-        try:
-            marks["autotuned_kernels"] = _autotune_states()
-        except Exception as exc:  # noqa: BLE001 -- a probe never fails the run
-            marks["autotuned_kernels"] = [{"probe_error": f"{type(exc).__name__}: {exc}"}]
-        return result
-
-    train_mod._first_compiled_step = probed
+    _wrap_compiling(wrap)
 
 
 def _is_autotuner(obj, cls) -> bool:

@@ -8,6 +8,10 @@ compiles only warm, the full 3,680-image split x 3 also cold (plain), and autotu
 `--compile on` does it once, and every later run of that model on that GPU starts from its cache. The numbers are
 in BENCHMARKS.md ("GPU training, compiled step and eval batches"; the sixteenth set for the autotuned mode).
 
+With static shapes the step compiles before training, on a stand-in batch, beside the eval images' encode
+(trainer.run._compile_ahead, trainer.train.compile_ahead): the compile is host work, the encode GPU work. Where
+shapes vary, the first step compiles.
+
 The cache is torch's "mega-cache": one file of inductor graphs, autograd graphs and Triton kernels, written next to
 the runs (`<output_dir>/../.compile-cache/<key>.bin`, i.e. in the bucket on Cloud Run), so a retried task and every
 later run of the same model on the same GPU and torch start warm. The key covers what the compiled code depends on.
@@ -19,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -167,3 +172,29 @@ def quiet_autotune() -> Iterator[SkippedChoices]:
             yield skipped
     finally:
         logger.removeFilter(skipped)
+
+
+@contextmanager
+def compiling(mode: str, what: str) -> Iterator[None]:
+    """The block in which `what` first runs the decoder layers compiled in `mode`: it says so, and how long it took,
+    logs every minute meanwhile (an autotuned compile takes ~5 min cold), and says in one line what inductor's
+    autotune dropped (`quiet_autotune`)."""
+    from trainer.events import heartbeat, log
+
+    log(f"{what}: compiling the decoder layers, {mode} (~{MODES[mode].cold_s:.0f} s cold, seconds from a cache file)")
+    t = time.perf_counter()
+    with heartbeat(f"{what}: still compiling"), quiet_autotune() as skipped:
+        yield
+    log(f"{what} compiled and queued in {time.perf_counter() - t:.1f} s")
+    if skipped.reports:
+        log(f"autotune: inductor dropped the Triton configs this GPU cannot build or run and kept the rest "
+            f"({skipped.reports} reports of it kept out of this log)")
+
+
+def compile_failed(exc: Exception) -> None:
+    """Say that compiling failed and the run goes on without it (no C compiler for Triton's launcher, an op
+    inductor does not support): the run only loses the speed-up."""
+    from trainer.events import log
+
+    first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+    log(f"torch.compile failed ({type(exc).__name__}: {first_line}); training on without it")

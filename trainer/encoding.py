@@ -5,9 +5,11 @@ the default run that is the whole first epoch, 16 images (~220 ms of GPU) a step
 the encodes wait for the host whenever it falls behind. On a thread with its own stream they run as far ahead as
 the GPU allows (at most LEAD chunks queued), in the order the batches need them, and the training stream waits
 (on the GPU, through an event) only for the images of the batch at hand. On a GPU they start before the baseline
-eval, whose generation leaves the GPU idle part of the time (`encode_during_baseline`; measured: the
-run 2-5 s shorter). They pause while the first step compiles (`paused_for_compile`: encoding beside the compile
-made it three times slower).
+eval's passes, whose generation leaves the GPU idle part of the time (`encode_during_baseline`). Where the first
+step compiles (shapes that vary; static ones compile ahead, trainer.run) they pause meanwhile
+(`paused_for_compile`: encoding beside the compile made it three times slower).
+
+The same Encoder encodes the eval images beside the compile ahead of training (trainer.run._compile_ahead).
 
 The features are the ones the in-line path computes: the same chunks of images, through the same code (the image
 side is never patched by the training step's block, trainer.fused), and an encode draws no random numbers, so
@@ -37,8 +39,8 @@ class Encoder:
     by the next `ensure`.
     """
 
-    def __init__(self, cache, examples, loader, threaded: bool):
-        self.cache, self.examples, self.threaded = cache, examples, threaded
+    def __init__(self, cache, examples, loader, threaded: bool, what: str = "encode ahead"):
+        self.cache, self.examples, self.threaded, self.what = cache, examples, threaded, what
         self._chunks = iter(loader) if loader is not None else iter(())  # workers start here, on this thread
         self._cond = threading.Condition()
         self._error: BaseException | None = None
@@ -107,7 +109,7 @@ class Encoder:
             for event in queued:
                 event.synchronize()
             # this thread's own count: the cache's also grows with the eval images the baseline encodes meanwhile
-            log(f"encode ahead: {self.images} images encoded in {time.perf_counter() - started:.1f} s")
+            log(f"{self.what}: {self.images} images encoded in {time.perf_counter() - started:.1f} s")
         except BaseException as exc:  # noqa: BLE001 -- handed to the training thread, raised by ensure()
             self._error = exc
         finally:
@@ -142,13 +144,19 @@ def encode_bytes(model, images: int, image_budget: int | None = None) -> int:
     return 2 * images * (activations + pixels)
 
 
+def fits_beside_step(model, memory, images: int, image_budget: int | None) -> tuple[bool, float, float]:
+    """(does an encode of `images` images fit beside the planned step's peak?, the encode's GiB, the step's GiB)."""
+    need = encode_bytes(model, images, image_budget) / 2**30
+    peak = memory.fixed_gib + memory.micro_batch * memory.per_sample_gib
+    return peak + need <= memory.budget_gib, need, peak
+
+
 def choose_encode_ahead(model, memory, device: torch.device, images: int, image_budget: int | None) -> tuple[bool, str]:
     """(encode ahead?, why): on a GPU only if one encode fits beside the planned step's peak."""
     if device.type != "cuda":
         return True, "CPU: the encode of the next images overlaps the step's Python"
-    need = encode_bytes(model, images, image_budget) / 2**30
-    peak = memory.fixed_gib + memory.micro_batch * memory.per_sample_gib
-    if peak + need <= memory.budget_gib:
+    fits, need, peak = fits_beside_step(model, memory, images, image_budget)
+    if fits:
         return True, f"an encode of {images} images (~{need:.1f} GiB) fits beside the step's {peak:.1f} GiB"
     return False, (f"an encode of {images} images (~{need:.1f} GiB) does not fit beside the step's {peak:.1f} GiB "
                    f"in {memory.budget_gib:.0f} GiB: images are encoded between steps")
@@ -163,7 +171,8 @@ def encode_during_baseline(plan, device: torch.device) -> bool:
     12-15 s of encodes taken out of training; baseline + training got 2-5 s shorter, depending on the machine. The
     slowdown is the two sharing the GPU: a high-priority stream for the eval, a green context for the encodes, packed
     loader transfers, the encodes as one CUDA graph each and no loader at all made no difference (measured, dropped).
-    On a CPU they would only compete for the cores.
+    Since the step compiles ahead, in the window where these encodes used to start, the early start measured about
+    even (baseline + training within ~1 s either way, eighteenth set). On a CPU they would only compete for the cores.
     """
     return DURING_BASELINE and device.type == "cuda" and plan.cache is not None and plan.encode_ahead
 

@@ -190,14 +190,16 @@ class FeatureCache:
                                            num_workers=workers, collate_fn=_as_list, generator=generator,
                                            pin_memory=self.device.type == "cuda")
 
-    def encoder(self, examples, index_batches, num_workers: int, generator=None, ahead: bool = False):
+    def encoder(self, examples, index_batches, num_workers: int, generator=None, ahead: bool = False,
+                what: str = "encode ahead"):
         """The trainer.encoding.Encoder of the images these batches need that are not cached yet, in the order
-        the batches first need them (one chunk each). Its thread (when `ahead`) starts on `start()` or `with`."""
+        the batches first need them (one chunk each). Its thread (when `ahead`) starts on `start()` or `with`;
+        `what` names it in the log."""
         from trainer.encoding import Encoder
 
         chunks = self._uncached_chunks(examples, index_batches)
         loader = self._loader(examples, chunks, num_workers, generator) if chunks else None
-        return Encoder(self, examples, loader, threaded=ahead and loader is not None)
+        return Encoder(self, examples, loader, threaded=ahead and loader is not None, what=what)
 
     def train_batches(self, examples, index_batches, num_workers: int, generator=None,
                       shape: tuple[int, int] | None = None, ahead: bool = False, encoder=None):

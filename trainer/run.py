@@ -1,5 +1,8 @@
 """One training run, start to finish: data -> model -> baseline eval -> LoRA training -> final eval -> outputs.
 
+A compiled step (static shapes) compiles at the start of the baseline eval, beside the eval images' encode
+(`_compile_ahead`), so the training phase starts with it compiled.
+
 Linear sections, each timed. Re-running the same output dir is safe: a finished run (DONE present) exits at once,
 an interrupted one resumes from its newest complete checkpoint and reuses the recorded baseline.
 """
@@ -26,7 +29,7 @@ from trainer.evaluate import evaluate
 from trainer.events import EventSink, hf_token, log
 from trainer.features import frozen_vision, new_cache
 from trainer.labels import LABELS
-from trainer.memory import eval_batch_size, plan_memory
+from trainer.memory import MemoryPlan, eval_batch_size, plan_memory
 from trainer.model import (
     apply_lora,
     choose_gradient_checkpointing,
@@ -79,7 +82,7 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
     samples = TrainSamples(train_set, loaded.processor, fmt)
     timings["model_load_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    plan, plan_event = _plan(cfg, model, loaded, fmt, samples, train_set, eval_set)
+    plan, plan_event, memory = _plan(cfg, model, loaded, fmt, samples, train_set, eval_set)
     timings["plan_s"] = time.perf_counter() - t
 
     # ---------------------------------------------------------------- resume
@@ -97,12 +100,20 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
     sink.emit("memory_plan", **plan_event)  # why this micro-batch and checkpointing (after "start": the contract)
 
     # ---------------------------------------------------------------- baseline (adapters off = the base model)
+    # the training step compiles first, beside the eval images' encode: inside this phase when the baseline is
+    # measured (the compile is hidden in the eval's image work), a phase of its own when it was recorded earlier
     t = time.perf_counter()
+    recorded = _recorded_baseline(out, cfg, eval_set)
+    if plan.compile_cache is not None and plan.shape is not None:
+        plan = _compile_ahead(cfg, model, loaded, train_set, eval_set, plan, memory, eval_images=recorded is None)
+        if recorded is not None:
+            timings["compile_s"] = time.perf_counter() - t
+            t = time.perf_counter()
     early = encode_during_baseline(plan, loaded.device)  # the first epoch's images encode in the eval's GPU idle time
     prepared = (prepare_batches(samples, train_set, loaded.processor, cfg, plan, state.step, total, loaded.device,
                                 encode_now=True) if early else None)
     try:
-        baseline = _baseline(out, cfg, model, loaded, fmt, eval_set, sink, plan)
+        baseline = recorded or _baseline(out, cfg, model, loaded, fmt, eval_set, sink, plan)
     except BaseException:
         if prepared:
             prepared[1].close()
@@ -149,8 +160,9 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
     return 0
 
 
-def _plan(cfg: TrainConfig, model, loaded, fmt, samples, train_set, eval_set) -> tuple[StepPlan, dict]:
-    """Feature cache, loss and micro-batch / checkpointing plan for this model on this GPU, and its event."""
+def _plan(cfg: TrainConfig, model, loaded, fmt, samples, train_set, eval_set) -> tuple[StepPlan, dict, MemoryPlan | None]:
+    """Feature cache, loss and micro-batch / checkpointing plan for this model on this GPU, its event, and the
+    measured memory plan (None on the plain path)."""
     if not cfg.fast_path:  # the plain reference path: configured micro-batches, full forward every step
         checkpointing, why = choose_gradient_checkpointing(cfg, model, samples[0]["input_ids"].shape[1])
         if checkpointing:
@@ -158,7 +170,7 @@ def _plan(cfg: TrainConfig, model, loaded, fmt, samples, train_set, eval_set) ->
         log(f"gradient checkpointing {'on' if checkpointing else 'off'} ({why})")
         event = dict(micro_batch=cfg.batch_size, accumulation=cfg.gradient_accumulation_steps,
                      checkpointing=checkpointing, why=f"plain path; {why}", feature_cache=False)
-        return StepPlan(cfg.batch_size, plain_loss_sum), event
+        return StepPlan(cfg.batch_size, plain_loss_sum), event, None
     cache = new_cache(cfg, model, loaded, fmt, len(train_set) + len(eval_set)) if frozen_vision(cfg) else None
     if cache is not None:
         probe = lambda m: next(cache.train_batches(train_set, [list(range(m))], 0))  # noqa: E731
@@ -181,7 +193,7 @@ def _plan(cfg: TrainConfig, model, loaded, fmt, samples, train_set, eval_set) ->
                     compile_mode=mode, shape=shape, encode_ahead=ahead)
     return plan, {**memory.event(), "feature_cache": cache is not None, "fused": True, "compile": compiled,
                   "compile_mode": mode, "compile_why": compile_why, "encode_ahead": ahead,
-                  "encode_ahead_why": ahead_why}
+                  "encode_ahead_why": ahead_why}, memory
 
 
 def _compiled_shape(cache, loaded, fmt, train_set, micro_batch: int) -> tuple[int, int] | None:
@@ -219,11 +231,53 @@ def _compile_choice(cfg: TrainConfig, model, device, checkpointing: bool, n_trai
         warm.discard(mode)
 
 
+def _compile_ahead(cfg: TrainConfig, model, loaded, train_set, eval_set, plan: StepPlan, memory: MemoryPlan,
+                   eval_images: bool) -> StepPlan:
+    """Compile the training step before the baseline eval, the eval images encoding beside it (`eval_images`).
+
+    The compile is host work (tracing, loading the cached kernels: ~5 s warm on an H100), the eval images' encode
+    loader and GPU work (~9 s for 370 images, decoded in workers). Side by side they took 10-11 s, where the
+    first training step used to compile for 5-7 s with the GPU idle (BENCHMARKS.md, eighteenth set). A stand-in
+    micro-batch of the compiled shape, made of one training sample, compiles what every step runs (static shapes:
+    one graph).
+    """
+    from trainer.train import compile_ahead
+
+    batches = plan.cache.train_batches(train_set, [[0] * plan.shape[0]], 0, shape=plan.shape)
+    batch = next(batches)
+    batches.close()
+    encoder = _eval_encoder(cfg, model, loaded, eval_set, plan, memory) if eval_images else None
+    with encoder or contextlib.nullcontext():
+        plan = compile_ahead(model, batch, plan, loaded.device)
+        if encoder is not None:
+            encoder.ensure([ex.image_id for ex in eval_set])
+    return plan
+
+
+def _eval_encoder(cfg: TrainConfig, model, loaded, eval_set, plan: StepPlan, memory: MemoryPlan):
+    """The eval images' encoder (on a thread and stream of its own), in the chunks the eval would encode them in,
+    or None when one chunk does not fit beside the step's memory (the eval then encodes them itself)."""
+    from trainer.encoding import fits_beside_step
+
+    chunk = min(size for size, _ in _eval_sizes(cfg, model, loaded.device, len(eval_set)).values())
+    if loaded.device.type == "cuda" and not fits_beside_step(model, memory, chunk, cfg.image_budget)[0]:
+        log(f"the eval images encode after the compile: {chunk} of them do not fit beside the step's memory")
+        return None
+    index = list(range(len(eval_set)))
+    return plan.cache.encoder(eval_set, [index[s:s + chunk] for s in range(0, len(index), chunk)], cfg.num_workers,
+                              ahead=True, what="eval images, beside the compile")
+
+
+def _eval_sizes(cfg: TrainConfig, model, device, n: int) -> dict[str, tuple[int, str]]:
+    """{eval mode: (prompts per pass, why)}; the eval images are encoded in chunks of the smallest."""
+    return {mode: eval_batch_size(cfg, model, device, mode, n) for mode in cfg.eval_modes}
+
+
 def _evaluate_modes(model, loaded, fmt, eval_set, cfg: TrainConfig, phase: str, sink: EventSink,
                     plan: StepPlan) -> dict:
     """{"reports": {mode: REPORT}, "rows": [prediction rows]} for every configured eval mode."""
     reports, rows = {}, []
-    sizes = {mode: eval_batch_size(cfg, model, loaded.device, mode, len(eval_set)) for mode in cfg.eval_modes}
+    sizes = _eval_sizes(cfg, model, loaded.device, len(eval_set))
     for mode, (size, why) in sizes.items():
         if size != cfg.eval_batch_size:
             log(f"{mode} eval batch {size}: {why}")
@@ -268,18 +322,22 @@ def _evaluate_mode(model, loaded, fmt, eval_set, cfg: TrainConfig, phase: str, m
     return report, rows
 
 
-def _baseline(out: Path, cfg, model, loaded, fmt, eval_set, sink, plan: StepPlan) -> dict:
-    """The recorded baseline if this run already measured it (same eval set), else measure and record it."""
+def _recorded_baseline(out: Path, cfg, eval_set) -> dict | None:
+    """The baseline this run already measured and recorded (same eval set, same modes), or None."""
     path = checkpoints_root(out) / "baseline.json"
-    ids = [ex.image_id for ex in eval_set]
     if path.is_file():
         recorded = json.loads(path.read_text())
-        if recorded.get("image_ids") == ids and set(recorded["reports"]) == set(cfg.eval_modes):
+        if recorded.get("image_ids") == [ex.image_id for ex in eval_set] and set(recorded["reports"]) == set(cfg.eval_modes):
             log("baseline already recorded; not recomputed")
             return recorded
+    return None
+
+
+def _baseline(out: Path, cfg, model, loaded, fmt, eval_set, sink, plan: StepPlan) -> dict:
+    """Measure the baseline (adapters off) and record it for a retried task."""
     with model.disable_adapter():
         baseline = _evaluate_modes(model, loaded, fmt, eval_set, cfg, "baseline", sink, plan)
-    _write_json(path, {**baseline, "image_ids": ids})
+    _write_json(checkpoints_root(out) / "baseline.json", {**baseline, "image_ids": [ex.image_id for ex in eval_set]})
     return baseline
 
 

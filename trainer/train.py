@@ -145,8 +145,9 @@ class StepPlan:
     loss: Callable = plain_loss_sum
     cache: object | None = None  # trainer.features.FeatureCache when the vision tower is frozen
     fused: bool = False  # trainer.fused: LoRA and RMSNorm in fewer kernels (the same function)
-    compile_cache: Path | None = None  # set: decoder layers torch.compiled, artifacts kept in this file
-    compile_mode: str | None = None  # with compile_cache: how they compile (trainer.fused.COMPILE_OPTIONS)
+    compile_mode: str | None = None  # set: decoder layers torch.compiled this way (trainer.fused.COMPILE_OPTIONS)
+    compile_cache: Path | None = None  # set: the first step compiles them and writes the artifacts to this file
+    # (cleared when `compile_ahead` has done both before training)
     shape: tuple[int, int] | None = None  # (rows, tokens) every micro-batch is padded to: one compiled graph
     encode_ahead: bool = False  # first-epoch images encoded on a thread + stream of their own (trainer.encoding)
 
@@ -284,33 +285,49 @@ def _optimizer_step(model, micro_batches: list[dict], plan: StepPlan, opt, sched
 
 
 def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, device) -> tuple[torch.Tensor, StepPlan]:
-    """The first step compiles; if compiling fails (no C compiler for Triton's launcher, an unsupported op), the
-    run goes on eagerly from the same RNG state and gradients, so it only loses the speed-up."""
-    from trainer.compiling import MODES, quiet_autotune
+    """The first step compiles (when `compile_ahead` could not: shapes that vary); if compiling fails, the run
+    goes on eagerly from the same RNG state and gradients, so it only loses the speed-up."""
+    from trainer.compiling import compile_failed, compiling
     from trainer.encoding import paused_for_compile
-    from trainer.events import heartbeat, log
 
     rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    cold = MODES[plan.compile_mode].cold_s
-    log(f"first step: compiling the decoder layers, {plan.compile_mode} (~{cold:.0f} s cold, seconds from a cache file)")
-    t = time.perf_counter()
     try:
-        with paused_for_compile(plan.cache), heartbeat("first step: still compiling"), quiet_autotune() as skipped:
-            loss = run_step(model, micro_batches, plan, device)
-        log(f"first step compiled and queued in {time.perf_counter() - t:.1f} s")
-        if skipped.reports:
-            log(f"autotune: inductor dropped the Triton configs this GPU cannot build or run and kept the rest "
-                f"({skipped.reports} reports of it kept out of this log)")
-        return loss, plan
+        with paused_for_compile(plan.cache), compiling(plan.compile_mode, "first step"):
+            return run_step(model, micro_batches, plan, device), plan
     except Exception as exc:  # noqa: BLE001 -- any compiler failure; the eager step below re-raises real errors
-        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-        log(f"torch.compile failed ({type(exc).__name__}: {first_line}); training on without it")
+        compile_failed(exc)
     torch.set_rng_state(rng[0])
     if rng[1] is not None:
         torch.cuda.set_rng_state_all(rng[1])
     model.zero_grad(set_to_none=True)
     plan = replace(plan, compile_cache=None, compile_mode=None)
     return run_step(model, micro_batches, plan, device), plan
+
+
+def compile_ahead(model, batch: dict, plan: StepPlan, device) -> StepPlan:
+    """Compile the training step before training, on `batch`: a micro-batch of the compiled shape whose values do
+    not matter. One forward + backward, then its gradients, dropout draws and train mode are undone, so the run
+    learns what it learns compiling at its first step (tests/trainer/test_fast_path.py).
+
+    Returns the plan for the steps: compiled, with nothing left to compile or write (`compile_cache` cleared once
+    the artifacts are written), or not compiled at all if compiling failed.
+    """
+    from trainer.compiling import compile_failed, compiling
+
+    was_training = model.training
+    devices = [torch.device(device).index or torch.cuda.current_device()] if torch.device(device).type == "cuda" else []
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=devices), compiling(plan.compile_mode, "training step"):
+            run_step(model, [batch], plan, device)
+    except Exception as exc:  # noqa: BLE001 -- any compiler failure: the run trains eagerly instead
+        compile_failed(exc)
+        return replace(plan, compile_cache=None, compile_mode=None)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    _save_compiled(plan.compile_cache)  # before the evals and training: a killed task's retry starts warm
+    return replace(plan, compile_cache=None)
 
 
 def _save_compiled(path: Path) -> None:

@@ -156,7 +156,8 @@ def test_the_autotune_probe_reports_without_touching_the_step(monkeypatch):
     import gpu_probes
 
     monkeypatch.setattr(train_mod, "_first_compiled_step", lambda *a, **k: ("loss", "plan"))
+    monkeypatch.setattr(train_mod, "compile_ahead", lambda *a, **k: "plan")
     marks: dict = {}
     gpu_probes.probe_benchmarks(marks)
-    assert train_mod._first_compiled_step() == ("loss", "plan")
+    assert train_mod._first_compiled_step() == ("loss", "plan") and train_mod.compile_ahead() == "plan"
     assert marks["autotuned_kernels"][-1]["benchmark_all_configs_calls"] == 0  # no Triton kernels on CPU

@@ -278,6 +278,67 @@ def test_a_compiled_run_learns_what_the_eager_run_learns_and_the_next_run_starts
     assert list((tmp_path / "runs" / ".compile-cache").glob("*.bin"))
 
 
+def test_compiling_ahead_undoes_its_step_gradients_dropout_draws_and_train_mode(request, tmp_path, monkeypatch):
+    """A resumed run compiles ahead from its checkpoint's RNG state: the stand-in step's dropout draws must not
+    shift the masks the resumed steps draw."""
+    import trainer.fused
+    from trainer.run import _compiled_shape
+    from trainer.train import compile_ahead
+
+    monkeypatch.setattr(trainer.fused, "compiled_layers",  # the layers' own calls: what is undone, not inductor
+                        lambda model, mode: [(layer, layer._call_impl) for layer in trainer.fused.decoder_layers(model)])
+    model, processor = _fresh(request, "tiny_gemma3")
+    model = apply_lora(model, TrainConfig(lora_r=4, lora_dropout=0.1))
+    fmt = build_chat_format(processor, "short")
+    examples = load_splits("builtin:synthetic-pets").train[:2]
+    cache = FeatureCache(model, processor, fmt, torch.device("cpu"))
+    shape = _compiled_shape(cache, types.SimpleNamespace(processor=processor), fmt, examples, 4)
+    batch = next(cache.train_batches(examples, [[0] * 4], 0, shape=shape))
+    plan = StepPlan(4, answer_loss_sum, cache, fused=True, compile_mode="plain", compile_cache=tmp_path / "c.bin",
+                    shape=shape)
+    model.eval()
+    rng = torch.get_rng_state()
+    compiled = compile_ahead(model, batch, plan, "cpu")
+    assert torch.equal(torch.get_rng_state(), rng) and not model.training
+    assert all(p.grad is None for p in model.parameters())
+    assert (compiled.compile_mode, compiled.compile_cache) == ("plain", None)  # compiled; nothing left to do
+    model.train()
+    run_step(model, [batch], compiled, "cpu")  # the same step, not undone, draws its dropout masks
+    assert not torch.equal(torch.get_rng_state(), rng)
+
+
+@pytest.mark.slow
+def test_the_step_compiles_beside_the_eval_encodes_before_training_and_learns_what_the_first_step_would(
+        tmp_path, monkeypatch, capsys):
+    """Compiling ahead runs one forward + backward on a stand-in batch: its gradients and dropout draws are undone,
+    so the run learns bit for bit what a run compiling at its first step learns, and evaluates the same."""
+    import trainer.run
+
+    cfg = TrainConfig(model_id="builtin:tiny-gemma3", dataset="builtin:synthetic-pets", prompt="short",
+                      train_size=32, eval_size=6, batch_size=16, gradient_accumulation_steps=1, num_epochs=1,
+                      learning_rate=1e-2, lora_r=4, lora_dropout=0.1, eval_mode="constrained", num_workers=0,
+                      save_steps=0, compile="on")
+    sinks = {name: ListSink() for name in ("ahead", "first_step")}
+    assert run(cfg.replace(output_dir=str(tmp_path / "runs" / "ahead")), sinks["ahead"]) == 0
+    ahead_log = capsys.readouterr().err
+    monkeypatch.setattr(trainer.run, "_compile_ahead", lambda *a, **k: a[5])  # the plan as it was: first step compiles
+    assert run(cfg.replace(output_dir=str(tmp_path / "runs" / "first_step")), sinks["first_step"]) == 0
+    first_step_log = capsys.readouterr().err
+
+    def losses(sink):
+        return [e["loss"] for e in sink.events if e["event"] == "step"]
+
+    assert losses(sinks["ahead"]) == losses(sinks["first_step"])  # same dropout masks, same updates
+    metrics = {name: json.loads((tmp_path / "runs" / name / "metrics.json").read_text()) for name in sinks}
+    assert metrics["ahead"]["baseline"] == metrics["first_step"]["baseline"]
+    assert metrics["ahead"]["final"] == metrics["first_step"]["final"]
+    assert "compile_s" not in metrics["ahead"]["timings"]  # inside the baseline phase, beside its image encodes
+    # the eval images went through the vision tower beside the compile, once; the first step compiled nothing
+    assert "eval images, beside the compile: 6 images encoded" in ahead_log
+    assert "training step compiled" in ahead_log and "first step" not in ahead_log
+    assert "first step: compiling" in first_step_log
+
+
 @pytest.mark.slow
 def test_when_compiling_fails_the_run_trains_on_eagerly_and_says_so(tmp_path, monkeypatch, capsys):
     import trainer.fused
