@@ -12,8 +12,9 @@ from trainer.run import run
 
 
 @pytest.mark.slow
-def test_resume_from_checkpoint_reproduces_the_losses(tmp_path):
-    base = TrainConfig(model_id="builtin:tiny-gemma3", dataset="builtin:synthetic-pets", prompt="short",
+@pytest.mark.parametrize("compile_", ["off", "on"])  # on: the resumed run compiles ahead from its checkpoint's RNG
+def test_resume_from_checkpoint_reproduces_the_losses(tmp_path, compile_, capsys):
+    base = TrainConfig(compile=compile_, model_id="builtin:tiny-gemma3", dataset="builtin:synthetic-pets", prompt="short",
                        train_size=37, eval_size=37, batch_size=4, gradient_accumulation_steps=2, max_steps=6,
                        save_steps=3, keep_checkpoints=5, learning_rate=1e-2, lora_r=4, lora_dropout=0.3,
                        eval_mode="constrained", num_workers=0)
@@ -37,3 +38,6 @@ def test_resume_from_checkpoint_reproduces_the_losses(tmp_path):
     final = [e for e in full.events if e["event"] == "eval" and e["phase"] == "final"]
     again = [e for e in resumed.events if e["event"] == "eval" and e["phase"] == "final"]
     assert again[0]["accuracy"] == pytest.approx(final[0]["accuracy"])
+    if compile_ == "on":  # the recorded baseline leaves the compile a phase of its own, with no eval images beside it
+        log = capsys.readouterr().err
+        assert log.count("training step compiled") == 2 and log.count("eval images, beside the compile") == 1
