@@ -201,10 +201,6 @@ def run_one(args) -> dict:
         import trainer.run as run_mod
 
         run_mod.choose_encode_ahead = lambda *a, **k: (False, "bench: --encode inline")
-    if args.encode == "nopause":  # encodes go on while the first step compiles
-        import trainer.encoding
-
-        trainer.encoding.PAUSE_FOR_COMPILE = False
     if args.encode == "spinwait":  # the encode-ahead thread spin-waits on its events (default CUDA events)
         import trainer.features
 
@@ -366,8 +362,8 @@ def main() -> int:
     parser.add_argument("--encode-source", default="loader", choices=("loader", "pinned"),
                         help="pinned: the encode-ahead thread gets one pinned image over and over, no loader "
                              "(wrong features: for timing the baseline's generation beside the encodes only)")
-    parser.add_argument("--encode", default="auto", choices=("auto", "inline", "nopause", "nobaseline", "spinwait"),
-                        help="inline: no encode-ahead thread; nopause: encodes also while the first step compiles; "
+    parser.add_argument("--encode", default="auto", choices=("auto", "inline", "nobaseline", "spinwait"),
+                        help="inline: no encode-ahead thread; "
                              "nobaseline: the encode-ahead thread starts with training, not before the baseline; "
                              "spinwait: the thread spin-waits on its encodes' events (default CUDA events)")
     parser.add_argument("--image-bytecode", action="store_true",

@@ -5,9 +5,9 @@ the default run that is the whole first epoch, 16 images (~220 ms of GPU) a step
 the encodes wait for the host whenever it falls behind. On a thread with its own stream they run as far ahead as
 the GPU allows (at most LEAD chunks queued), in the order the batches need them, and the training stream waits
 (on the GPU, through an event) only for the images of the batch at hand. On a GPU they start before the baseline
-eval's passes, whose generation leaves the GPU idle part of the time (`encode_during_baseline`). Where the first
-step compiles (shapes that vary; static ones compile ahead, trainer.run) they pause meanwhile
-(`paused_for_compile`: encoding beside the compile made it three times slower).
+eval's passes, whose generation leaves the GPU idle part of the time (`encode_during_baseline`). The step
+compiles before any of them starts (trainer.run._compile_ahead): encoding beside a first step's compile had made
+it three times slower (BENCHMARKS.md, sixth and eighth sets), so they used to pause for it.
 
 The same Encoder encodes the eval images beside the compile ahead of training (trainer.run._compile_ahead).
 
@@ -18,7 +18,6 @@ the steps' dropout masks do not depend on when it runs (tests/trainer/test_encod
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import deque
@@ -27,7 +26,6 @@ import torch
 
 JOIN_TIMEOUT_S = 60.0  # a chunk takes well under a second; a thread stuck longer is left behind (daemon)
 LEAD = 2  # chunks queued on the GPU at most: the step's kernels (and any host sync) wait behind no more than these
-PAUSE_FOR_COMPILE = True  # no encodes while the first step compiles (trainer.train): see `paused_for_compile`
 DURING_BASELINE = True  # on a GPU, the first epoch's encodes start before the baseline eval: `encode_during_baseline`
 
 
@@ -82,7 +80,6 @@ class Encoder:
     def close(self) -> None:
         """Stop after the chunk in hand and wait for the thread (the training loop ended or failed)."""
         self._stop = True
-        self.cache.go.set()  # a paused thread wakes up to see that it should stop
         if self._thread is not None:
             self._thread.join(JOIN_TIMEOUT_S)
             self._thread = None
@@ -101,7 +98,7 @@ class Encoder:
         torch.set_num_threads(self._threads)
         started, queued = time.perf_counter(), deque()
         try:
-            while not self._stop and self.cache.go.wait() and self._encode_next(stream, queued):
+            while not self._stop and self._encode_next(stream, queued):
                 with self._cond:
                     self._cond.notify_all()
                 while len(queued) >= LEAD:
@@ -176,16 +173,3 @@ def encode_during_baseline(plan, device: torch.device) -> bool:
     """
     return DURING_BASELINE and device.type == "cuda" and plan.cache is not None and plan.encode_ahead
 
-
-def paused_for_compile(cache):
-    """The block in which the first step compiles: encodes wait (when PAUSE_FOR_COMPILE) until it is queued.
-
-    Measured on an H100 (BENCHMARKS.md): with encodes running beside it, the warm compile of the first step took
-    16-18 s instead of ~5 s. Inductor benchmarks some kernels' configurations on their first run, waiting for the
-    GPU and timing them against the encodes, and the two threads contend for the interpreter.
-    Encoding one image at a time beside it (each a CUDA graph, one launch) did not pay either: the compile grew by
-    about as much GPU time as the encodes filled (BENCHMARKS.md, eighth set).
-    """
-    if cache is None or not PAUSE_FOR_COMPILE:
-        return contextlib.nullcontext()
-    return cache.paused()

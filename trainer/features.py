@@ -109,8 +109,6 @@ class FeatureCache:
         self.entries: dict[str, dict[str, torch.Tensor]] = {}
         self.encoded = 0  # images that went through the vision tower
         self._count = threading.Lock()  # `encoded` grows from the encode-ahead thread and the eval alike
-        self.go = threading.Event()  # cleared: encode-ahead threads wait before their next chunk (`paused`)
-        self.go.set()
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
@@ -151,15 +149,6 @@ class FeatureCache:
         entry = {k: v for k, v in prompt.items() if k not in PIXEL_KEYS}
         entry["pixel_values"] = feat.to("cpu").pin_memory() if self.offload else feat.clone()
         return entry
-
-    @contextmanager
-    def paused(self):
-        """Encode-ahead threads start no new chunk inside this block (trainer.encoding.PAUSE_FOR_COMPILE)."""
-        self.go.clear()
-        try:
-            yield
-        finally:
-            self.go.set()
 
     def wait_ready(self, keys: list[str]) -> None:
         """Order the current CUDA stream after the encodes of these entries (made on the encode-ahead stream)."""

@@ -285,14 +285,14 @@ def _optimizer_step(model, micro_batches: list[dict], plan: StepPlan, opt, sched
 
 
 def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, device) -> tuple[torch.Tensor, StepPlan]:
-    """The first step compiles (when `compile_ahead` could not: shapes that vary); if compiling fails, the run
-    goes on eagerly from the same RNG state and gradients, so it only loses the speed-up."""
+    """The first step compiles (when `compile_ahead` could not: shapes that vary, i.e. no feature cache, so no
+    encodes beside it); if compiling fails, the run goes on eagerly from the same RNG state and gradients, so it
+    only loses the speed-up."""
     from trainer.compiling import compile_failed, compiling
-    from trainer.encoding import paused_for_compile
 
     rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:
-        with paused_for_compile(plan.cache), compiling(plan.compile_mode, "first step"):
+        with compiling(plan.compile_mode, "first step"):
             return run_step(model, micro_batches, plan, device), plan
     except Exception as exc:  # noqa: BLE001 -- any compiler failure; the eager step below re-raises real errors
         compile_failed(exc)
