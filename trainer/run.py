@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import time
 from functools import partial
 from pathlib import Path
@@ -37,11 +36,13 @@ from trainer.model import (
     load_model_and_processor,
     merge_adapter,
 )
+from trainer.outputs import already_done, headline, write_json, write_outputs
 from trainer.train import (
     StepPlan,
     TrainState,
     answer_loss_sum,
     build_optimizer,
+    checkpoint_writer,
     gpu_memory_gib,
     load_state,
     plain_loss_sum,
@@ -56,11 +57,11 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
     """Execute the run described by a validated config; returns the process exit code (0)."""
     out = Path(cfg.output_dir)
     if (out / "DONE").exists():
-        return _already_done(out, sink)
+        return already_done(out, sink)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", cfg.to_dict())
+    write_json(out / "config.json", cfg.to_dict())
     token = hf_token()
     set_seed(cfg.seed)
 
@@ -124,22 +125,24 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
         log(f"encode ahead: {during_baseline} of the first epoch's images encoded during the baseline eval")
 
     # ---------------------------------------------------------------- train
-    t = time.perf_counter()
-    if not found:  # a resumed run keeps the RNG state restored from its checkpoint: same dropout masks
-        set_seed(cfg.seed)
-    state = train(model, loaded.processor, samples, cfg, state, opt, sched, total, loaded.device, sink, plan,
-                  train_set, prepared)
-    timings["train_s"] = time.perf_counter() - t
-    if plan.cache is not None:
-        sink.emit("image_cache", images=plan.cache.encoded, train_images=len(train_set), gib=plan.cache.gib(),
-                  offload=plan.cache.offload, during_baseline=during_baseline)
-    model.save_pretrained(out / "adapter")
-    loaded.processor.save_pretrained(out / "adapter")
+    # the last checkpoint lands beside the adapter's save and the final eval (seconds through a bucket's mount)
+    with checkpoint_writer(cfg, sink).landing() as writes:
+        t = time.perf_counter()
+        if not found:  # a resumed run keeps the RNG state restored from its checkpoint: same dropout masks
+            set_seed(cfg.seed)
+        state = train(model, loaded.processor, samples, cfg, state, opt, sched, total, loaded.device, sink, plan,
+                      train_set, prepared, writes)
+        timings["train_s"] = time.perf_counter() - t
+        if plan.cache is not None:
+            sink.emit("image_cache", images=plan.cache.encoded, train_images=len(train_set), gib=plan.cache.gib(),
+                      offload=plan.cache.offload, during_baseline=during_baseline)
+        model.save_pretrained(out / "adapter")
+        loaded.processor.save_pretrained(out / "adapter")
 
-    # ---------------------------------------------------------------- final eval
-    t = time.perf_counter()
-    final = _evaluate_modes(model, loaded, fmt, eval_set, cfg, "final", sink, plan)
-    timings["final_eval_s"] = time.perf_counter() - t
+        # ------------------------------------------------------------ final eval
+        t = time.perf_counter()
+        final = _evaluate_modes(model, loaded, fmt, eval_set, cfg, "final", sink, plan)
+        timings["final_eval_s"] = time.perf_counter() - t
     peak = gpu_memory_gib()
 
     # ---------------------------------------------------------------- merge (bf16 base, fresh load)
@@ -152,10 +155,10 @@ def run(cfg: TrainConfig, sink: EventSink) -> int:
 
     # ---------------------------------------------------------------- outputs
     timings["total_s"] = time.perf_counter() - t_start
-    _write_outputs(out, cfg, baseline, final, state, timings, peak)
+    write_outputs(out, cfg, baseline, final, state, timings, peak)
     primary = cfg.eval_modes[0]
-    sink.emit("done", metrics_path=str(out / "metrics.json"), baseline=_headline(baseline["reports"][primary]),
-              final=_headline(final["reports"][primary]), elapsed_s=timings["total_s"])
+    sink.emit("done", metrics_path=str(out / "metrics.json"), baseline=headline(baseline["reports"][primary]),
+              final=headline(final["reports"][primary]), elapsed_s=timings["total_s"])
     (out / "DONE").write_text(json.dumps({"finished": True, "elapsed_s": timings["total_s"]}) + "\n")
     return 0
 
@@ -317,7 +320,7 @@ def _evaluate_mode(model, loaded, fmt, eval_set, cfg: TrainConfig, phase: str, m
     report, rows = evaluate(model, loaded.processor, fmt, eval_set, mode, batch_size=batch_size,
                             max_new_tokens=cfg.max_new_tokens, device=loaded.device, progress=progress,
                             prompts=prompts, fast=cfg.fast_path)
-    sink.emit("eval", phase=phase, mode=mode, **_headline(report), n=report["n"],
+    sink.emit("eval", phase=phase, mode=mode, **headline(report), n=report["n"],
               unknown_rate=report["unknown_rate"], accuracy_ci95=report["accuracy_ci95"])
     return report, rows
 
@@ -337,34 +340,8 @@ def _baseline(out: Path, cfg, model, loaded, fmt, eval_set, sink, plan: StepPlan
     """Measure the baseline (adapters off) and record it for a retried task."""
     with model.disable_adapter():
         baseline = _evaluate_modes(model, loaded, fmt, eval_set, cfg, "baseline", sink, plan)
-    _write_json(checkpoints_root(out) / "baseline.json", {**baseline, "image_ids": [ex.image_id for ex in eval_set]})
+    write_json(checkpoints_root(out) / "baseline.json", {**baseline, "image_ids": [ex.image_id for ex in eval_set]})
     return baseline
-
-
-def _write_outputs(out: Path, cfg, baseline: dict, final: dict, state, timings: dict, peak) -> None:
-    primary = cfg.eval_modes[0]
-    b, f = baseline["reports"][primary], final["reports"][primary]
-    metrics = {
-        "baseline": b, "final": f,
-        "delta": {"accuracy": f["accuracy"] - b["accuracy"], "macro_f1": f["macro_f1"] - b["macro_f1"]},
-        "config": cfg.to_dict(), "versions": _versions(), "timings": timings, "peak_memory_gib": peak,
-        "train_loss": state.losses, "eval_mode": cfg.eval_mode,
-    }
-    if len(cfg.eval_modes) > 1:
-        metrics["baseline_by_mode"], metrics["final_by_mode"] = baseline["reports"], final["reports"]
-    with (out / "predictions.jsonl.tmp").open("w") as fh:
-        for row in baseline["rows"] + final["rows"]:
-            fh.write(json.dumps(row) + "\n")
-    os.replace(out / "predictions.jsonl.tmp", out / "predictions.jsonl")
-    _write_json(out / "metrics.json", metrics)
-
-
-def _already_done(out: Path, sink: EventSink) -> int:
-    log(f"{out} already has DONE: the run finished earlier; nothing to do")
-    metrics = json.loads((out / "metrics.json").read_text())
-    sink.emit("done", metrics_path=str(out / "metrics.json"), baseline=_headline(metrics["baseline"]),
-              final=_headline(metrics["final"]), elapsed_s=metrics["timings"].get("total_s"), already_done=True)
-    return 0
 
 
 def _attempt() -> int:
@@ -373,31 +350,9 @@ def _attempt() -> int:
     return int(value) if value.strip().isdigit() else 0
 
 
-def _headline(report: dict) -> dict:
-    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
-
-
-def _versions() -> dict:
-    import peft
-    import transformers
-
-    cuda = torch.cuda.is_available()
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "cuda": torch.version.cuda if cuda else None,
-            "gpu": torch.cuda.get_device_name(0) if cuda else None}
-
-
 def _free_gpu() -> None:
     import gc
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _write_json(path: Path, data) -> None:
-    """Write via a temp file + rename so readers (gemmactl results) never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -5,14 +5,18 @@ A checkpoint is the adapter weights plus the optimizer, scheduler and RNG state:
 moments), every `--save-steps` steps; through the bucket's FUSE mount the write takes seconds, and a compiled step
 takes 0.3 s. So the trainer queues copies of the state into pinned host memory between steps (the GPU makes them
 in stream order, after the step's update and before the next one's; the host does not wait) and a background
-thread waits for them, then writes through trainer.checkpoint (step dir, then the COMPLETE marker); the next
-checkpoint and the end of training wait for it, and a failed write is raised there. (Copied one by one into
-pageable memory, the ~1,000 tensors made the host wait ~1,000 times: measured 0.5-1.5 s per checkpoint.) A task
-killed mid-write leaves no marker: resume uses the previous checkpoint, as before.
+thread waits for them, then writes through trainer.checkpoint (step dir, then the COMPLETE marker). The next
+checkpoint waits for it, and so does the end of training (in trainer.run, the end of the final eval, so the last
+write lands beside the eval); a failed write is raised there. (Copied one by one into pageable memory, the ~1,000
+tensors made the host wait ~1,000 times: measured 0.5-1.5 s per checkpoint.) A task killed mid-write leaves no
+marker: resume uses the previous checkpoint, as before. The host buffers are pinned before the first step
+(`reserve_host_memory`): pinned at the first checkpoint, they made its snapshot 276-583 ms instead of ~100
+(BENCHMARKS.md, nineteenth set).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import threading
@@ -37,16 +41,55 @@ def _to_host(value):
     comes from the pinned-memory cache after the first: a snapshot cost the training thread 65-125 ms on an H100 at
     gemma-3-4b size, the first one 250-730 ms (BENCHMARKS.md, sixth set).
     """
-    tensors = [t for t in _leaves(value) if isinstance(t, torch.Tensor)]
     views: dict[int, torch.Tensor] = {}
-    for device, dtype in dict.fromkeys((t.device, t.dtype) for t in tensors):
-        group = list({id(t): t for t in tensors if t.device == device and t.dtype == dtype}.values())
+    for device, dtype, group in _groups(value):
         flat = torch.cat([t.detach().reshape(-1) for t in group])
         host = torch.empty(flat.shape, dtype=dtype, pin_memory=device.type == "cuda")
         host.copy_(flat, non_blocking=device.type == "cuda")
         for t, view in zip(group, host.split([t.numel() for t in group]), strict=True):
             views[id(t)] = view.view(t.shape)
     return _replaced(value, views)
+
+
+def _groups(value) -> list[tuple[torch.device, torch.dtype, list[torch.Tensor]]]:
+    """The distinct tensors of a (nested) state, by (device, dtype): one flat host buffer each (`_to_host`)."""
+    tensors = [t for t in _leaves(value) if isinstance(t, torch.Tensor)]
+    return [(device, dtype, list({id(t): t for t in tensors if t.device == device and t.dtype == dtype}.values()))
+            for device, dtype in dict.fromkeys((t.device, t.dtype) for t in tensors)]
+
+
+def host_buffers(model, opt) -> list[tuple[torch.device, torch.dtype, int]]:
+    """(device, dtype, elements) of each host buffer a snapshot will take, known before the first step: the adapter,
+    the step's unread loss, and AdamW's two moments (three with amsgrad) and step counts, which the optimizer only
+    creates at its first step (on the parameter's device when fused or capturable, else on the CPU, in fp32)."""
+    from peft import get_peft_model_state_dict
+
+    buffers = [(device, dtype, sum(t.numel() for t in group))
+               for device, dtype, group in _groups(get_peft_model_state_dict(model))]
+    params = [p for group in opt.param_groups for p in group["params"]]
+    if not isinstance(opt, torch.optim.Adam | torch.optim.AdamW) or not params:
+        return buffers
+    moments = 3 if opt.defaults.get("amsgrad") else 2
+    on_device = bool(opt.defaults.get("fused") or opt.defaults.get("capturable"))
+    sizes: dict[tuple[torch.device, torch.dtype], int] = {}
+    for p in params:
+        sizes[(p.device, p.dtype)] = sizes.get((p.device, p.dtype), 0) + moments * p.numel()
+        step = (p.device if on_device else torch.device("cpu"), torch.float32)
+        sizes[step] = sizes.get(step, 0) + 1
+    loss = (params[0].device, torch.float32)
+    return buffers + [(device, dtype, n) for (device, dtype), n in sizes.items()] + [(*loss, 1)]
+
+
+def reserve_host_memory(model, opt) -> None:
+    """Pin the first snapshot's host buffers now, when the GPU has nothing queued behind the host.
+
+    Pinning ~384 MiB at the first checkpoint made its snapshot take 276-583 ms of the training thread on H100s,
+    against ~60-120 ms once pinned (BENCHMARKS.md, nineteenth set). Freed at once, the buffers stay in torch's
+    pinned-memory cache (sized in powers of two), from which every snapshot's buffers then come.
+    """
+    held = [torch.empty(n, dtype=dtype, pin_memory=True)  # all at once: two of a size need two blocks
+            for device, dtype, n in host_buffers(model, opt) if device.type == "cuda"]
+    del held
 
 
 def _leaves(value):
@@ -152,6 +195,17 @@ class BackgroundCheckpoints:
             self._result = step, save_checkpoint(self.root, step, lambda d: write_snapshot(d, snap), self.keep)
         except BaseException as exc:  # noqa: BLE001 -- handed to the training thread, raised there
             self._result = exc
+
+    @contextlib.contextmanager
+    def landing(self):
+        """Writes may go on inside; on leaving, the pending one has landed. Its error is raised, unless another is
+        already on its way out (the write still lands first, for the retry)."""
+        try:
+            yield self
+        except BaseException:
+            self.wait(quiet=True)
+            raise
+        self.wait()
 
     def wait(self, quiet: bool = False) -> None:
         """Block until the pending write is complete; raise its error (unless `quiet`), or report it done."""

@@ -27,7 +27,7 @@ from trainer.checkpoint import checkpoints_root
 from trainer.collate import IGNORE
 from trainer.config import TrainConfig
 from trainer.events import EventSink
-from trainer.snapshot import BackgroundCheckpoints, snapshot
+from trainer.snapshot import BackgroundCheckpoints, reserve_host_memory, snapshot
 
 ANSWER_ROWS = "answer_rows"  # batch key: answer_rows(labels), computed on the host (answer_loss_sum)
 
@@ -193,21 +193,25 @@ def step_context(model, cached: bool, fused: bool, compiled: str | None = None):
 
 def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, sched, total: int,
           device: torch.device, sink: EventSink, plan: StepPlan | None = None, examples=None,
-          prepared: tuple[list[list[int]], StepBatches] | None = None) -> TrainState:
+          prepared: tuple[list[list[int]], StepBatches] | None = None,
+          writes: BackgroundCheckpoints | None = None) -> TrainState:
     """Run optimizer steps state.step+1 .. total, emitting step and checkpoint events.
 
     A step's loss is read (which waits for the GPU) only once the next step is queued, so the GPU never idles
     while the host reports and prepares; the first and the last step are read at once. Checkpoints are copied
     off in stream order and written by a thread (trainer.snapshot), so they do not wait for the GPU either.
     `prepared`: `prepare_batches(...)` for the same state, made earlier (its images may be encoding already).
+    `writes`: the caller's `checkpoint_writer`; the last checkpoint may then still be writing on return (the
+    caller waits for it), else it has landed.
     """
     plan = plan or StepPlan(cfg.batch_size)
     steps, batches = prepared or prepare_batches(dataset, examples, processor, cfg, plan, state.step, total, device)
+    if torch.device(device).type == "cuda" and state.step < total:
+        reserve_host_memory(model, opt)  # the first images decode meanwhile; the first checkpoint would wait for it
     model.train()
     report = _Reporter(sink, state, total, len(dataset) / (cfg.batch_size * cfg.gradient_accumulation_steps),
                        cfg.learning_rate)
-    checkpoints = BackgroundCheckpoints(checkpoints_root(cfg.output_dir), cfg.keep_checkpoints,
-                                        lambda step, path: sink.emit("checkpoint", step=step, path=str(path)))
+    checkpoints = writes or checkpoint_writer(cfg, sink)
     try:
         for indices, micro_batches in zip(steps, batches, strict=True):
             loss, plan = _optimizer_step(model, micro_batches, plan, opt, sched, cfg, device,
@@ -227,8 +231,15 @@ def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, s
         checkpoints.wait(quiet=True)  # the last checkpoint still lands, for the retry
         raise
     batches.close()
-    checkpoints.wait()
+    if writes is None:
+        checkpoints.wait()
     return state
+
+
+def checkpoint_writer(cfg: TrainConfig, sink: EventSink) -> BackgroundCheckpoints:
+    """The run's checkpoint writer (one write at a time, on a thread): "checkpoint" events as each lands."""
+    return BackgroundCheckpoints(checkpoints_root(cfg.output_dir), cfg.keep_checkpoints,
+                                 lambda step, path: sink.emit("checkpoint", step=step, path=str(path)))
 
 
 class _Reporter:

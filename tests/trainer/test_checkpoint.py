@@ -138,6 +138,39 @@ def test_a_snapshot_is_a_frozen_copy_and_a_checkpoint_resumes_to_the_same_state(
         assert torch.equal(s["exp_avg"], avg) and torch.equal(s["exp_avg_sq"], avg_sq)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_host_buffers_a_snapshot_takes_are_known_before_the_first_step(request, monkeypatch, fused):
+    """reserve_host_memory pins them before training, so the first checkpoint does not (fused AdamW keeps its step
+    counts beside the parameters, the unfused one on the CPU)."""
+    import copy
+
+    import torch
+
+    from trainer import snapshot
+    from trainer.config import TrainConfig
+    from trainer.model import apply_lora
+
+    model, _ = request.getfixturevalue("tiny_gemma3")
+    model = apply_lora(copy.deepcopy(model), TrainConfig())
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=fused or None)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    planned = snapshot.host_buffers(model, opt)
+    snapshot.reserve_host_memory(model, opt)  # nothing on the GPU here: pins nothing, changes nothing
+
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    taken, groups = [], snapshot._groups
+    monkeypatch.setattr(snapshot, "_groups", lambda value: [
+        taken.append((d, t, sum(x.numel() for x in g))) or (d, t, g) for d, t, g in groups(value)])
+    snapshot.snapshot(model, opt, sched, 1, [{"step": 1, "loss": torch.tensor(2.5)}])
+
+    assert sorted(map(str, taken)) == sorted(map(str, planned))
+    # adapter, the unread loss, the optimizer (moments + one step count per parameter: all fp32 on the CPU here)
+    assert len(taken) == 3 and sum(n for *_, n in taken) == 3 * sum(p.numel() for p in params) + len(params) + 1
+
+
 def test_a_checkpoint_of_a_step_whose_loss_is_not_finite_is_not_written(request, tmp_path):
     import math
 
@@ -169,3 +202,52 @@ def test_a_warm_compile_cache_is_not_written_again_unless_something_new_was_comp
     assert compiling.compiled_new_artifacts(Path("/runs/.compile-cache/other.bin"))  # hits from torch's own cache
     counts["inductor"]["fxgraph_cache_miss"] = 1
     assert compiling.compiled_new_artifacts(path)
+
+
+def _gated_final_write(monkeypatch, last_step: int, fail: bool = False):
+    """The last checkpoint's write waits (up to 30 s) for the final eval to have reported, then lands or fails."""
+    import threading
+
+    from trainer import snapshot
+    from trainer.events import ListSink
+
+    evaluated, real = threading.Event(), snapshot.write_snapshot
+
+    class Sink(ListSink):
+        def emit(self, event, **fields):
+            super().emit(event, **fields)
+            evaluated.set() if event == "eval" and fields["phase"] == "final" else None
+
+    def write(out_dir, snap):
+        if snap["trainer"]["step"] == last_step:
+            assert evaluated.wait(30), "the run waited for its last checkpoint before the final eval"
+            if fail:
+                raise OSError("No space left on device")
+        real(out_dir, snap)
+
+    monkeypatch.setattr(snapshot, "write_snapshot", write)
+    return Sink()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_last_checkpoint_lands_beside_the_final_eval_and_the_run_ends_only_once_it_has(tmp_path, monkeypatch,
+                                                                                          fail):
+    from trainer.config import TrainConfig
+    from trainer.run import run
+
+    cfg = TrainConfig(model_id="builtin:tiny-gemma3", dataset="builtin:synthetic-pets", prompt="short",
+                      train_size=16, eval_size=8, batch_size=4, gradient_accumulation_steps=1, max_steps=4,
+                      save_steps=2, eval_mode="constrained", num_workers=0, output_dir=str(tmp_path / "run"))
+    sink = _gated_final_write(monkeypatch, last_step=4, fail=fail)
+    if fail:  # the run fails after its final eval: no DONE, and a retry resumes from step 2 (then re-evaluates)
+        with pytest.raises(OSError, match="No space left"):
+            run(cfg, sink)
+        assert not (tmp_path / "run" / "DONE").exists() and not (tmp_path / "run" / "metrics.json").exists()
+        assert latest_checkpoint(tmp_path / "run" / "checkpoints")[0] == 2
+        return
+    assert run(cfg, sink) == 0
+    kinds = [(e["event"], e.get("phase") or e.get("step")) for e in sink.events if e["event"] in
+             ("eval", "checkpoint", "done")]
+    assert kinds == [("eval", "baseline"), ("checkpoint", 2), ("eval", "final"), ("checkpoint", 4), ("done", None)]
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints")[0] == 4 and (tmp_path / "run" / "DONE").exists()
