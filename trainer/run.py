@@ -23,7 +23,7 @@ from trainer.checkpoint import checkpoints_root, latest_checkpoint
 from trainer.collate import TrainSamples, answer_ids, build_chat_format, pad_batch
 from trainer.config import TrainConfig
 from trainer.data import load_splits, select
-from trainer.encoding import choose_encode_ahead, encode_during_baseline
+from trainer.encoding import above_the_encodes, choose_encode_ahead, encode_during_baseline
 from trainer.evaluate import evaluate
 from trainer.events import EventSink, hf_token, log
 from trainer.features import frozen_vision, new_cache
@@ -35,6 +35,7 @@ from trainer.model import (
     enable_gradient_checkpointing,
     load_model_and_processor,
     merge_adapter,
+    pick_device,
 )
 from trainer.outputs import already_done, headline, write_json, write_outputs
 from trainer.train import (
@@ -55,6 +56,11 @@ from trainer.train import (
 
 def run(cfg: TrainConfig, sink: EventSink) -> int:
     """Execute the run described by a validated config; returns the process exit code (0)."""
+    with above_the_encodes(pick_device()):  # the encode threads' kernels give way to the steps' and the evals'
+        return _run(cfg, sink)
+
+
+def _run(cfg: TrainConfig, sink: EventSink) -> int:
     out = Path(cfg.output_dir)
     if (out / "DONE").exists():
         return already_done(out, sink)

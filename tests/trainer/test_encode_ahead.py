@@ -196,3 +196,17 @@ def test_training_images_encoded_during_the_baseline_train_and_evaluate_exactly_
         return (tmp_path / str(early) / "predictions.jsonl").read_text().splitlines()
 
     assert [json.loads(r) for r in predictions(True)] == [json.loads(r) for r in predictions(False)]
+
+
+def test_each_batch_decodes_in_one_piece_per_worker_and_comes_back_whole_in_order():
+    """trainer.features._loader: the first batch's images decode on every worker at once, and each encode still
+    gets exactly its batch (the in-line path's chunks), in order."""
+    from trainer.features import _joined, _split
+
+    batches = [list(range(0, 16)), list(range(16, 20)), [20], list(range(21, 28))]
+    pieces, counts = _split(batches, 2)
+    assert pieces[:2] == [list(range(0, 8)), list(range(8, 16))] and counts == [2, 2, 1, 2]
+    assert all(len(p) <= 8 for p in pieces) and sum(pieces, []) == list(range(28))
+    loader = torch.utils.data.DataLoader(list(range(28)), batch_sampler=pieces, num_workers=2,
+                                         collate_fn=lambda items: [(i, {"image": i}) for i in items])
+    assert [[i for i, _ in batch] for batch in _joined(iter(loader), counts)] == batches
