@@ -76,8 +76,8 @@ def train_timeline(events: list[dict], marks: dict) -> dict:
         return {}
     t0, gaps, ckpt = marks["train_start"], {}, 0.0
     prev = t0
-    for e in events:
-        if e["t"] < t0 or e["event"] not in ("step", "checkpoint"):
+    for e in events:  # the last checkpoint may land after training, beside the final eval: not counted here
+        if not t0 <= e["t"] <= marks["train_end"] or e["event"] not in ("step", "checkpoint"):
             continue
         if e["event"] == "checkpoint":
             ckpt += e["t"] - prev
@@ -144,18 +144,21 @@ def host_split_summary(marks: dict) -> dict:
 
 
 def time_snapshots(marks: dict) -> None:
-    """Host milliseconds of each checkpoint's snapshot (the training thread's share of a checkpoint)."""
+    """Host milliseconds of each checkpoint's snapshot (the training thread's share of a checkpoint) and of
+    pinning their host memory before the first step (`reserve_ms`)."""
     import trainer.train as train_mod
 
-    real = train_mod.snapshot
+    def timed(real, key):
+        def run(*a, **k):
+            t = time.perf_counter()
+            out = real(*a, **k)
+            marks.setdefault(key, []).append(round(1e3 * (time.perf_counter() - t), 1))
+            return out
+        return run
 
-    def timed(*a, **k):
-        t = time.perf_counter()
-        out = real(*a, **k)
-        marks.setdefault("snapshot_ms", []).append(round(1e3 * (time.perf_counter() - t), 1))
-        return out
-
-    train_mod.snapshot = timed
+    train_mod.snapshot = timed(train_mod.snapshot, "snapshot_ms")
+    if hasattr(train_mod, "reserve_host_memory"):  # an older trainer checkout (BENCH_TRAINER_ROOT) may lack it
+        train_mod.reserve_host_memory = timed(train_mod.reserve_host_memory, "reserve_ms")
 
 
 COMPILING = ("compile_ahead", "_first_compiled_step")  # trainer.train's functions in which the step compiles
@@ -269,3 +272,42 @@ def synthetic_encode_source() -> None:
         return Encoder(self, examples, [[(i, one) for i in chunk] for chunk in chunks], threaded=ahead)
 
     FeatureCache.encoder = encoder
+
+
+def check_cache(marks: dict, chunks_checked: int = 12) -> None:
+    """After training, encode some of the first epoch's chunks again, in line, and compare them with the features
+    the run cached (`cache_check`: images compared, how many differ, the largest difference): a feature cached
+    wrong (a race between the encode-ahead thread and the steps) shows here."""
+
+    import trainer.features as features_mod
+    import trainer.run as run_mod
+
+    chunks, real_encoder, real_train = [], features_mod.FeatureCache.encoder, run_mod.train
+
+    def encoder(self, examples, index_batches, *a, **k):
+        if k.get("what", "encode ahead") == "encode ahead":
+            chunks.append(self._uncached_chunks(examples, index_batches))
+        return real_encoder(self, examples, index_batches, *a, **k)
+
+    def train(*a, **k):
+        state = real_train(*a, **k)
+        cache, examples = a[10].cache, a[11]
+        picked = [c for c in (chunks[-1] if chunks else [])]
+        picked = picked[:chunks_checked // 2] + picked[-chunks_checked // 2:]
+        fresh = features_mod.FeatureCache(cache.model, cache.processor, cache.fmt, cache.device)
+        worst, bad, n = 0.0, 0, 0
+        for chunk in picked:
+            subset = [examples[i] for i in chunk]
+            loader = fresh._loader(subset, [list(range(len(subset)))], 2)
+            for items in loader:
+                fresh.add([subset[i].image_id for i, _ in items], [p for _, p in items])
+            for ex in subset:
+                a_, b_ = cache.entries[ex.image_id]["pixel_values"], fresh.entries[ex.image_id]["pixel_values"]
+                diff = (a_.float() - b_.float()).abs().max().item()
+                worst, bad, n = max(worst, diff), bad + (diff > 0), n + 1
+        marks["cache_check"] = {"images": n, "differ": bad, "max_abs_diff": worst}
+        return state
+
+    features_mod.FeatureCache.encoder = encoder
+    run_mod.train = train
+

@@ -36,6 +36,7 @@ sys.path[:0] = [os.environ.get("BENCH_TRAINER_ROOT", str(ROOT)), str(ROOT), str(
 
 from gpu_matrix import environment, measure_peak_tflops, print_table, run_matrix  # noqa: E402
 from gpu_probes import (  # noqa: E402
+    check_cache,
     host_split,
     host_split_summary,
     probe_benchmarks,
@@ -209,6 +210,14 @@ def run_one(args) -> dict:
         synthetic_encode_source()
     if os.environ.get("BENCH_SWITCH_INTERVAL_MS"):  # how long a thread waiting for the interpreter waits at most
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL_MS"]) / 1e3)
+    if os.environ.get("BENCH_CHECK_CACHE"):
+        check_cache(marks)
+    if os.environ.get("BENCH_SAME_PRIORITY"):  # the steps' and evals' stream no higher than the encode threads'
+        import contextlib
+
+        import trainer.run as run_mod
+
+        run_mod.above_the_encodes = lambda device: contextlib.nullcontext()
     if args.encode == "nobaseline":  # the first epoch's encodes start with training, not before the baseline eval
         import trainer.encoding
 
@@ -285,8 +294,11 @@ def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mo
         "step_ms": step_walls(events, marks),
         "host_split": host_split_summary(marks),
         "snapshot_ms": marks.get("snapshot_ms"),
+        "reserve_ms": marks.get("reserve_ms"),
         "autotuned_kernels": marks.get("autotuned_kernels"),
         "final_loss": steps[-1]["loss"],
+        "step_losses": [round(e["loss"], 4) for e in steps],
+        "cache_check": marks.get("cache_check"),
         "config": cfg.to_dict(),
     }
     result |= mfu(marks, shapes, events, samples, train_s)

@@ -50,11 +50,13 @@ def test_step_walls_time_each_step_from_the_previous_one_and_mark_checkpoints(mo
 
     events = [{"event": "start", "t": 0.5}, {"event": "step", "t": 1.5, "epoch": 0.5},
               {"event": "step", "t": 1.75, "epoch": 1.0}, {"event": "checkpoint", "t": 1.8},
-              {"event": "step", "t": 2.0, "epoch": 1.5}]
+              {"event": "step", "t": 2.0, "epoch": 1.5}, {"event": "checkpoint", "t": 9.0}]
     marks = {"train_start": 1.0, "train_end": 2.0}
-    assert step_walls(events, marks) == [500, 250, "C", 250]
+    assert step_walls(events, marks) == [500, 250, "C", 250, "C"]
     timeline = train_timeline(events, marks)
     assert timeline["first_step_s"] == 0.5 and timeline["later_ms_per_step"] == 200.0
+    # the last checkpoint landed beside the final eval, after training: not training time
+    assert timeline["checkpoints_s"] == 0.05
 
 
 def test_the_host_split_probe_times_issuing_each_step_and_waiting_for_the_one_before(monkeypatch):
@@ -161,3 +163,35 @@ def test_the_autotune_probe_reports_without_touching_the_step(monkeypatch):
     gpu_probes.probe_benchmarks(marks)
     assert train_mod._first_compiled_step() == ("loss", "plan") and train_mod.compile_ahead() == "plan"
     assert marks["autotuned_kernels"][-1]["benchmark_all_configs_calls"] == 0  # no Triton kernels on CPU
+
+
+def test_the_cache_check_encodes_first_epoch_chunks_again_and_finds_a_feature_cached_wrong(tmp_path, monkeypatch):
+    """BENCH_CHECK_CACHE: after training, some of the first epoch's chunks are encoded again in line and compared
+    with what the run cached; a corrupted entry is counted."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gpu_probes
+
+    import trainer.features as features_mod
+    import trainer.run as run_mod
+    from trainer.config import TrainConfig
+    from trainer.events import ListSink
+
+    monkeypatch.setattr(features_mod.FeatureCache, "encoder", features_mod.FeatureCache.encoder)
+    monkeypatch.setattr(run_mod, "train", run_mod.train)
+    real_train = run_mod.train
+
+    def corrupting(*a, **k):  # one cached feature goes wrong during training
+        state = real_train(*a, **k)
+        entry = a[10].cache.entries[a[11][0].image_id]
+        entry["pixel_values"] = entry["pixel_values"] + 1.0
+        return state
+
+    monkeypatch.setattr(run_mod, "train", corrupting)
+    marks: dict = {}
+    gpu_probes.check_cache(marks, chunks_checked=64)
+    cfg = TrainConfig(model_id="builtin:tiny-gemma3", dataset="builtin:synthetic-pets", prompt="short", train_size=16,
+                      eval_size=4, batch_size=4, gradient_accumulation_steps=1, max_steps=4, save_steps=0,
+                      eval_mode="constrained", num_workers=0, output_dir=str(tmp_path / "run"))
+    assert run_mod.run(cfg, ListSink()) == 0
+    check = marks["cache_check"]
+    assert check["images"] >= 16 and check["differ"] >= 1 and check["max_abs_diff"] >= 1.0
