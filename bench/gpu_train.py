@@ -298,6 +298,7 @@ def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mo
         "autotuned_kernels": marks.get("autotuned_kernels"),
         "final_loss": steps[-1]["loss"],
         "step_losses": [round(e["loss"], 4) for e in steps],
+        "step_grad_norms": [round(e["grad_norm"], 4) for e in steps if e.get("grad_norm") is not None],
         "cache_check": marks.get("cache_check"),
         "config": cfg.to_dict(),
     }

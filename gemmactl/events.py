@@ -113,10 +113,13 @@ def ci(bounds: Any) -> str:
 
 
 def step_stats(event: dict[str, Any]) -> str:
-    """'loss 1.2345 · lr 2.0e-04 · 3.1 samples/s · ETA 12m30s · GPU 31.2 GiB' for a step event."""
+    """'loss 1.2345 · grad 0.83 · lr 2.0e-04 · 3.1 samples/s · ETA 12m30s · GPU 31.2 GiB' for a step event (an
+    older trainer's events have no grad norm)."""
     parts = []
     if isinstance(event.get("loss"), int | float):
         parts.append(f"loss {event['loss']:.4f}")
+    if isinstance(event.get("grad_norm"), int | float):
+        parts.append(f"grad {event['grad_norm']:.2f}")
     if isinstance(event.get("lr"), int | float):
         parts.append(f"lr {event['lr']:.1e}")
     if isinstance(event.get("samples_per_s"), int | float):

@@ -214,9 +214,9 @@ def train(model, processor, dataset, cfg: TrainConfig, state: TrainState, opt, s
     checkpoints = writes or checkpoint_writer(cfg, sink)
     try:
         for indices, micro_batches in zip(steps, batches, strict=True):
-            loss, plan = _optimizer_step(model, micro_batches, plan, opt, sched, cfg, device,
-                                         first=report.queued == 0)
-            step = report.queue(loss, len(indices), sched.get_last_lr()[0])
+            loss, norm, plan = _optimizer_step(model, micro_batches, plan, opt, sched, cfg, device,
+                                               first=report.queued == 0)
+            step = report.queue(loss, len(indices), sched.get_last_lr()[0], norm)
             first = step == report.first_step + 1
             if first or step == total:
                 report.flush()
@@ -251,48 +251,51 @@ class _Reporter:
         self.first_step, self.queued, self.pending = state.step, 0, []
         self.started = self.last = time.perf_counter()
 
-    def queue(self, loss: torch.Tensor, samples: int, lr: float) -> int:
+    def queue(self, loss: torch.Tensor, samples: int, lr: float, grad_norm: torch.Tensor | None = None) -> int:
         """Read the steps queued before, then queue this one; returns its step number."""
         self.flush()
         self.queued += 1
         step = self.first_step + self.queued
-        self.pending.append((step, loss, samples, lr))
+        self.pending.append((step, loss, samples, lr, grad_norm))
         return step
 
     def losses(self) -> list[dict]:
         """Every step's loss so far: floats for the steps read, device tensors for the ones still queued."""
-        return self.state.losses + [{"step": step, "loss": loss_t} for step, loss_t, _, _ in self.pending]
+        return self.state.losses + [{"step": step, "loss": loss_t} for step, loss_t, *_ in self.pending]
 
     def flush(self) -> None:
-        for step, loss_t, samples, lr in self.pending:
-            loss = loss_t.item()
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at step {step}; lower --learning-rate "
-                                         f"(now {self.learning_rate}) or check the data")
+        for step, loss_t, samples, lr, norm_t in self.pending:
+            loss, norm = loss_t.item(), None if norm_t is None else float(norm_t)
+            for what, value in (("loss", loss), ("the gradient norm", norm)):
+                if value is not None and not math.isfinite(value):
+                    raise FloatingPointError(f"{what} is {value} at step {step}; lower --learning-rate "
+                                             f"(now {self.learning_rate}) or check the data")
             now = time.perf_counter()
             self.state.step = step
             self.state.losses.append({"step": step, "loss": loss})
             per_step = (now - self.started) / (step - self.first_step)
             self.sink.emit("step", step=step, total_steps=self.total, epoch=round(step / self.steps_per_epoch, 4),
-                           loss=loss, lr=lr, samples_per_s=samples / (now - self.last),
+                           loss=loss, lr=lr, grad_norm=norm, samples_per_s=samples / (now - self.last),
                            eta_s=per_step * (self.total - step), gpu_mem_gib=gpu_memory_gib())
             self.last = now
         self.pending = []
 
 
 def _optimizer_step(model, micro_batches: list[dict], plan: StepPlan, opt, sched, cfg: TrainConfig, device,
-                    first: bool) -> tuple[torch.Tensor, StepPlan]:
-    """Forward/backward over the step's micro-batches, clip, update; (device loss, the plan for the next steps)."""
+                    first: bool) -> tuple[torch.Tensor, torch.Tensor, StepPlan]:
+    """Forward/backward over the step's micro-batches, clip, update; (device loss, device gradient norm before
+    clipping, the plan for the next steps). A norm of 0 means no gradient reached the adapter."""
     if plan.compile_cache is not None and first:
         loss, plan = _first_compiled_step(model, micro_batches, plan, device)
     else:
         loss = run_step(model, micro_batches, plan, device)
     # the optimizer's own list: collecting trainable parameters from the model walks every module each step
-    torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], cfg.max_grad_norm)
+    norm = torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]],
+                                          cfg.max_grad_norm)
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-    return loss, plan
+    return loss, norm, plan
 
 
 def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, device) -> tuple[torch.Tensor, StepPlan]:

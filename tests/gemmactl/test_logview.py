@@ -157,15 +157,15 @@ def test_step_events_render_as_progress_lines_when_piped():
         view.event({"event": "start", "time": "2026-01-01T12:00:00.000Z", "run_id": "run-1", "attempt": 2,
                     "model_id": "google/gemma-3-4b-it", "dataset": "timm/oxford-iiit-pet", "train_size": 1000,
                     "eval_size": 200, "total_steps": 100, "resumed_from_step": 40})
-        view.event(step(50))
+        view.event(step(50, grad_norm=0.8312))
         view.event({"event": "checkpoint", "time": "2026-01-01T12:00:51.000Z", "step": 50, "path": "/ck/50"})
 
     text = buffer.getvalue()
     assert "run run-1 (retry 2): google/gemma-3-4b-it on timm/oxford-iiit-pet" in text
     assert "resuming from step 40" in text
     assert "step 50/100 (50%)" in text
-    assert "loss 0.0400" in text and "3.2 samples/s" in text and "ETA 9m10s" in text and "GPU 31.2 GiB" in text
-    assert "checkpoint at step 50: /ck/50" in text
+    assert "loss 0.0400 · grad 0.83" in text and "3.2 samples/s" in text and "ETA 9m10s" in text
+    assert "GPU 31.2 GiB" in text and "checkpoint at step 50: /ck/50" in text
 
 
 def test_live_progress_bar_shows_step_total_loss_eta_and_gpu_memory():

@@ -19,7 +19,7 @@ REPORT_KEYS = {"accuracy", "macro_f1", "n", "unknown", "unknown_rate", "accuracy
 EVENT_KEYS = {
     "start": {"run_id", "attempt", "model_id", "dataset", "train_size", "eval_size", "total_steps",
               "resumed_from_step"},
-    "step": {"step", "total_steps", "epoch", "loss", "lr", "samples_per_s", "eta_s", "gpu_mem_gib"},
+    "step": {"step", "total_steps", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "eta_s", "gpu_mem_gib"},
     "eval_progress": {"phase", "mode", "done", "total"},
     "eval": {"phase", "mode", "accuracy", "macro_f1", "n", "unknown_rate", "accuracy_ci95"},
     "checkpoint": {"step", "path"},

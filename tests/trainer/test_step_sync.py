@@ -85,6 +85,17 @@ def test_a_non_finite_loss_stops_training_at_its_own_step_though_read_one_step_l
     assert state.losses == [{"step": 1, "loss": 2.0}]
 
 
+def test_each_step_reports_its_gradient_norm_and_a_non_finite_one_stops_training_at_its_step():
+    """A norm of 0 would say no gradient reached the adapter; an infinite one would make the update NaN."""
+    sink, state = ListSink(), TrainState()
+    report = _Reporter(sink, state, total=5, steps_per_epoch=5, learning_rate=1e-4)
+    report.queue(torch.tensor(2.0), 16, 1e-4, torch.tensor(0.75))
+    report.queue(torch.tensor(1.9), 16, 1e-4, torch.tensor(math.inf))
+    assert sink.events[0]["grad_norm"] == 0.75
+    with pytest.raises(FloatingPointError, match="the gradient norm is inf at step 2"):
+        report.flush()
+
+
 def test_every_step_is_reported_in_order_once_flushed():
     sink, state = ListSink(), TrainState(step=10)  # a resumed run
     report = _Reporter(sink, state, total=13, steps_per_epoch=4, learning_rate=1e-4)
