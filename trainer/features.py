@@ -178,7 +178,8 @@ class FeatureCache:
 
         A batch is decoded in one piece per worker and joined again, so each encode waits for the slowest worker's
         share of it, not for one worker's whole batch: the first training batch (16 images, ~30-50 ms each) or
-        eval chunk (62) comes that many times sooner. Each worker keeps as many images queued as it did whole.
+        eval chunk (62) is ready about as many times sooner as there are workers. Each worker keeps as many images
+        queued as it did with whole batches.
         """
         workers = num_workers if self.device.type == "cuda" else 0  # CPU: workers only compete for the cores
         pieces, counts = _split(batches, max(workers, 1))
