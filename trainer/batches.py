@@ -49,7 +49,8 @@ def step_index_lists(n: int, cfg: TrainConfig, first_step: int, total: int) -> l
     return [[i for _ in range(accum) for i in next(sampler)] for _ in range(total - first_step)]
 
 
-def _split(indices: list[int], size: int) -> list[list[int]]:
+def chunked(indices: list[int], size: int) -> list[list[int]]:
+    """`indices` in consecutive chunks of `size` (the last may be shorter)."""
     return [indices[s:s + size] for s in range(0, len(indices), size)]
 
 
@@ -82,7 +83,7 @@ def prepare_batches(dataset, examples, processor, cfg: TrainConfig, plan: StepPl
     """(sample indices, micro-batches) of steps first_step+1 .. total; `encode_now` starts the encode-ahead
     thread at once (trainer.run: during the baseline eval) instead of at the first batch."""
     steps = step_index_lists(len(dataset), cfg, first_step, total)
-    micro = [_split(step, plan.micro_batch) for step in steps]
+    micro = [chunked(step, plan.micro_batch) for step in steps]
     flat = [m for step in micro for m in step]
     # own generator: the loader's worker-seed draw must not advance the global RNG, or a resumed run would
     # get other dropout masks

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import torch
 
+from trainer.batches import chunked
 from trainer.collate import ChatFormat, answer_ids, append_answer, encode_prompt, fixed_shape_batch, pad_batch
 
 PIXEL_KEYS = ("pixel_values", "image_position_ids")
@@ -237,13 +238,8 @@ class FeatureCache:
 
 def _split(batches: list[list[int]], parts: int) -> tuple[list[list[int]], list[int]]:
     """Each batch cut into at most `parts` contiguous pieces; (the pieces, how many each batch became)."""
-    pieces, counts = [], []
-    for batch in batches:
-        size = -(-len(batch) // parts)
-        cut = [batch[start:start + size] for start in range(0, len(batch), size)]
-        pieces += cut
-        counts.append(len(cut))
-    return pieces, counts
+    cuts = [chunked(batch, -(-len(batch) // parts)) for batch in batches]
+    return [piece for cut in cuts for piece in cut], [len(cut) for cut in cuts]
 
 
 def _joined(pieces, counts: list[int]):
