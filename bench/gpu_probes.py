@@ -161,17 +161,22 @@ def time_snapshots(marks: dict) -> None:
         train_mod.reserve_host_memory = timed(train_mod.reserve_host_memory, "reserve_ms")
 
 
-COMPILING = ("compile_ahead", "_first_compiled_step")  # trainer.train's functions in which the step compiles
+COMPILING = (("trainer.train", "compile_ahead"), ("trainer.guard", "first_compiled_step"),  # where the step compiles
+             ("trainer.train", "_first_compiled_step"))  # (an older trainer's first step)
 
 
 def _wrap_compiling(wrap) -> None:
-    """Replace each of trainer.train's COMPILING functions with `wrap(real)`: the step compiles ahead (static
+    """Replace each of the trainer's COMPILING functions with `wrap(real)`: the step compiles ahead (static
     shapes, before the baseline eval) or, where shapes vary, in the first step."""
-    import trainer.train as train_mod
+    import importlib
 
-    for name in COMPILING:
-        if hasattr(train_mod, name):  # an older trainer checkout (BENCH_TRAINER_ROOT) may lack one
-            setattr(train_mod, name, wrap(getattr(train_mod, name)))
+    for module_name, name in COMPILING:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # an older trainer checkout (BENCH_TRAINER_ROOT) may lack one
+            continue
+        if hasattr(module, name):
+            setattr(module, name, wrap(getattr(module, name)))
 
 
 def profile_first_step(out: Path) -> None:
@@ -310,4 +315,3 @@ def check_cache(marks: dict, chunks_checked: int = 12) -> None:
 
     features_mod.FeatureCache.encoder = encoder
     run_mod.train = train
-

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # BENCH_TRAINER_ROOT: benchmark a trainer checkout other than this one (e.g. a candidate carried to the device)
 sys.path[:0] = [os.environ.get("BENCH_TRAINER_ROOT", str(ROOT)), str(ROOT), str(ROOT / "bench")]
 
+from gpu_learning import accuracy, adapter_norms, dynamo_counters, grad_probe, record_compile_checks  # noqa: E402
 from gpu_matrix import environment, measure_peak_tflops, print_table, run_matrix  # noqa: E402
 from gpu_probes import (  # noqa: E402
     check_cache,
@@ -212,6 +213,9 @@ def run_one(args) -> dict:
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL_MS"]) / 1e3)
     if os.environ.get("BENCH_CHECK_CACHE"):
         check_cache(marks)
+    record_compile_checks(marks)
+    if os.environ.get("BENCH_GRAD_PROBE"):  # where the first steps' gradients live; a huge one is stepped again
+        grad_probe(marks)
     if os.environ.get("BENCH_SAME_PRIORITY"):  # the steps' and evals' stream no higher than the encode threads'
         import contextlib
 
@@ -300,6 +304,12 @@ def summarise(cfg, events: list[dict], marks: dict, t_proc: float, name: str, mo
         "step_losses": [round(e["loss"], 4) for e in steps],
         "step_grad_norms": [round(e["grad_norm"], 4) for e in steps if e.get("grad_norm") is not None],
         "cache_check": marks.get("cache_check"),
+        "grad_probe": marks.get("grad_probe"),
+        "compile_checks": marks.get("compile_checks"),
+        "first_step_again": marks.get("first_step_again"),
+        "accuracy": accuracy(cfg),
+        "adapter_norms": adapter_norms(cfg),
+        "dynamo": dynamo_counters(),
         "config": cfg.to_dict(),
     }
     result |= mfu(marks, shapes, events, samples, train_s)

@@ -150,6 +150,8 @@ class StepPlan:
     # (cleared when `compile_ahead` has done both before training)
     shape: tuple[int, int] | None = None  # (rows, tokens) every micro-batch is padded to: one compiled graph
     encode_ahead: bool = False  # first-epoch images encoded on a thread + stream of their own (trainer.encoding)
+    checked_norm: float | None = None  # the eager gradient norm the compile check saw (trainer.guard): the first
+    # compiled step's must be of its order, or the step runs again eagerly
 
 
 def run_step(model, micro_batches: list[dict], plan: StepPlan, device) -> torch.Tensor:
@@ -285,37 +287,23 @@ def _optimizer_step(model, micro_batches: list[dict], plan: StepPlan, opt, sched
                     first: bool) -> tuple[torch.Tensor, torch.Tensor, StepPlan]:
     """Forward/backward over the step's micro-batches, clip, update; (device loss, device gradient norm before
     clipping, the plan for the next steps). A norm of 0 means no gradient reached the adapter."""
+    from trainer.guard import again_eagerly, first_compiled_step, plausible, rng_state
+
+    tripwire = first and plan.compile_mode is not None and plan.checked_norm is not None
+    rng = rng_state() if tripwire else None
     if plan.compile_cache is not None and first:
-        loss, plan = _first_compiled_step(model, micro_batches, plan, device)
+        loss, plan = first_compiled_step(model, micro_batches, plan, device)
     else:
         loss = run_step(model, micro_batches, plan, device)
     # the optimizer's own list: collecting trainable parameters from the model walks every module each step
-    norm = torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]],
-                                          cfg.max_grad_norm)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    if tripwire and not plausible(float(norm), plan.checked_norm):  # the first step is read at once anyway
+        loss, norm, plan = again_eagerly(model, micro_batches, plan, cfg.max_grad_norm, device, rng, float(norm))
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
     return loss, norm, plan
-
-
-def _first_compiled_step(model, micro_batches: list[dict], plan: StepPlan, device) -> tuple[torch.Tensor, StepPlan]:
-    """The first step compiles (when `compile_ahead` could not: shapes that vary, i.e. no feature cache, so no
-    encodes beside it); if compiling fails, the run goes on eagerly from the same RNG state and gradients, so it
-    only loses the speed-up."""
-    from trainer.compiling import compile_failed, compiling
-
-    rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        with compiling(plan.compile_mode, "first step"):
-            return run_step(model, micro_batches, plan, device), plan
-    except Exception as exc:  # noqa: BLE001 -- any compiler failure; the eager step below re-raises real errors
-        compile_failed(exc)
-    torch.set_rng_state(rng[0])
-    if rng[1] is not None:
-        torch.cuda.set_rng_state_all(rng[1])
-    model.zero_grad(set_to_none=True)
-    plan = replace(plan, compile_cache=None, compile_mode=None)
-    return run_step(model, micro_batches, plan, device), plan
 
 
 def compile_ahead(model, batch: dict, plan: StepPlan, device) -> StepPlan:
@@ -324,7 +312,8 @@ def compile_ahead(model, batch: dict, plan: StepPlan, device) -> StepPlan:
     learns what it learns compiling at its first step (tests/trainer/test_fast_path.py).
 
     Returns the plan for the steps: compiled, with nothing left to compile or write (`compile_cache` cleared once
-    the artifacts are written), or not compiled at all if compiling failed.
+    the artifacts are written) and checked against the eager step on `batch` (trainer.guard), or not compiled at
+    all if compiling failed or the check found its gradients wrong.
     """
     from trainer.compiling import compile_failed, compiling
 
@@ -341,7 +330,9 @@ def compile_ahead(model, batch: dict, plan: StepPlan, device) -> StepPlan:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     _save_compiled(plan.compile_cache)  # before the evals and training: a killed task's retry starts warm
-    return replace(plan, compile_cache=None)
+    from trainer.guard import check_compiled
+
+    return check_compiled(model, batch, replace(plan, compile_cache=None), device)
 
 
 def _save_compiled(path: Path) -> None:

@@ -152,16 +152,17 @@ def test_the_gemm_probes_fused_and_separate_projections_compute_the_same(monkeyp
 
 
 def test_the_autotune_probe_reports_without_touching_the_step(monkeypatch):
+    import trainer.guard as guard_mod
     import trainer.train as train_mod
 
     monkeypatch.syspath_prepend(str(BENCH))
     import gpu_probes
 
-    monkeypatch.setattr(train_mod, "_first_compiled_step", lambda *a, **k: ("loss", "plan"))
+    monkeypatch.setattr(guard_mod, "first_compiled_step", lambda *a, **k: ("loss", "plan"))
     monkeypatch.setattr(train_mod, "compile_ahead", lambda *a, **k: "plan")
     marks: dict = {}
     gpu_probes.probe_benchmarks(marks)
-    assert train_mod._first_compiled_step() == ("loss", "plan") and train_mod.compile_ahead() == "plan"
+    assert guard_mod.first_compiled_step() == ("loss", "plan") and train_mod.compile_ahead() == "plan"
     assert marks["autotuned_kernels"][-1]["benchmark_all_configs_calls"] == 0  # no Triton kernels on CPU
 
 
@@ -195,3 +196,77 @@ def test_the_cache_check_encodes_first_epoch_chunks_again_and_finds_a_feature_ca
     assert run_mod.run(cfg, ListSink()) == 0
     check = marks["cache_check"]
     assert check["images"] >= 16 and check["differ"] >= 1 and check["max_abs_diff"] >= 1.0
+
+
+def test_a_run_that_did_not_learn_shows_in_its_accuracy_and_adapter_norms(tmp_path, monkeypatch):
+    """The bench records the primary mode's accuracy before and after and the saved adapter's LoRA norms: B starts
+    at zero, so a run whose optimizer never moved the adapter shows a B norm of 0."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.delenv("BENCH_TRAINER_ROOT", raising=False)
+    import gpu_learning
+
+    import trainer.run as run_mod
+    from trainer.config import TrainConfig
+    from trainer.events import ListSink
+
+    cfg = TrainConfig(model_id="builtin:tiny-gemma3", dataset="builtin:synthetic-pets", prompt="short", train_size=8,
+                      eval_size=4, batch_size=4, gradient_accumulation_steps=1, max_steps=2, save_steps=0,
+                      eval_mode="constrained", num_workers=0, output_dir=str(tmp_path / "run"))
+    assert run_mod.run(cfg, ListSink()) == 0
+    assert set(gpu_learning.accuracy(cfg)) == {"baseline", "final"}
+    norms = gpu_learning.adapter_norms(cfg)
+    assert norms["lora_A"] > 0 and norms["lora_B"] > 0
+    assert isinstance(gpu_learning.dynamo_counters(), dict)
+
+
+def test_the_grad_probe_reports_where_a_gradient_lives_and_steps_a_huge_one_again(tmp_path, monkeypatch):
+    """BENCH_GRAD_PROBE: the first steps' gradient norms by parameter; a step over the threshold (here every one)
+    is stepped again compiled and eagerly, and training goes on from its own gradients."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gpu_learning
+    import torch
+
+    import trainer.run as run_mod
+    import trainer.train as train_mod
+    from trainer.config import TrainConfig
+    from trainer.events import ListSink
+
+    monkeypatch.setattr(train_mod, "run_step", train_mod.run_step)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", torch.nn.utils.clip_grad_norm_)
+    marks: dict = {}
+    gpu_learning.grad_probe(marks, steps=2, anomalous=0.0)
+    cfg = TrainConfig(model_id="builtin:tiny-gemma3", dataset="builtin:synthetic-pets", prompt="short", train_size=8,
+                      eval_size=4, batch_size=4, gradient_accumulation_steps=1, max_steps=3, save_steps=0,
+                      eval_mode="constrained", num_workers=0, output_dir=str(tmp_path / "run"))
+    sink = ListSink()
+    assert run_mod.run(cfg, sink) == 0
+    first, second = marks["grad_probe"]
+    assert first["lora_weight_norms"]["lora_B"] == 0.0 and second["lora_weight_norms"]["lora_B"] > 0
+    assert all("lora_" in name for name, _, _ in first["top"]) and first["frozen_abs_sum"] > 0
+    for report in (first, second):
+        assert abs(report["again_compiled"] - report["total"]) < 0.5 * report["total"]
+        assert abs(report["again_eager"] - report["total"]) < 0.5 * report["total"]
+    steps = [e for e in sink.events if e["event"] == "step"]
+    assert abs(steps[0]["grad_norm"] - first["total"]) < 1e-3 * first["total"]
+
+
+def test_the_bench_records_what_the_compile_check_saw(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gpu_learning
+
+    import trainer.guard as guard_mod
+    import trainer.run as run_mod
+    from trainer.config import TrainConfig
+    from trainer.events import ListSink
+
+    monkeypatch.setattr(guard_mod, "compare", guard_mod.compare)
+    monkeypatch.setattr(guard_mod, "again_eagerly", guard_mod.again_eagerly)
+    marks: dict = {}
+    gpu_learning.record_compile_checks(marks)
+    cfg = TrainConfig(model_id="builtin:tiny-gemma3", dataset="builtin:synthetic-pets", prompt="short", train_size=8,
+                      eval_size=4, batch_size=4, gradient_accumulation_steps=1, max_steps=2, save_steps=0,
+                      eval_mode="constrained", num_workers=0, compile="on", output_dir=str(tmp_path / "run"))
+    assert run_mod.run(cfg, ListSink()) == 0
+    (check,) = marks["compile_checks"]
+    assert check["agree"] and check["eager_norm"] > 0 and check["cosine"] > 0.99
+    assert "first_step_again" not in marks

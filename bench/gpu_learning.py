@@ -1,0 +1,119 @@
+"""Did the run learn, and if not, where did its gradients go wrong? The bench's answers, recorded with each run.
+
+Runs of the full recipe ended at about their first loss in 9 of 84 sets' runs (BENCHMARKS.md, "A run that did not
+learn"). These record what tells such a run apart: the primary eval's accuracy before and after, the saved adapter's
+LoRA norms, dynamo's counters, the trainer's compile check (trainer.guard) and, with BENCH_GRAD_PROBE=1, where the
+first steps' gradients live.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def accuracy(cfg) -> dict:
+    """Baseline and final accuracy / macro-F1 of the primary eval mode (metrics.json): did the run learn?"""
+    path = Path(cfg.output_dir) / "metrics.json"
+    if not path.is_file():
+        return {}
+    metrics = json.loads(path.read_text())
+    return {phase: {k: metrics[phase][k] for k in ("accuracy", "macro_f1")} for phase in ("baseline", "final")}
+
+
+def adapter_norms(cfg) -> dict:
+    """Norms of the saved adapter's LoRA A and B matrices: B starts at zero, so a B norm of ~0 after training
+    means the optimizer never moved it (no gradient reached it, or it updated other tensors)."""
+    path = Path(cfg.output_dir) / "adapter" / "adapter_model.safetensors"
+    if not path.is_file():
+        return {}
+    from safetensors.torch import load_file
+
+    norms: dict[str, float] = {}
+    for name, t in load_file(str(path)).items():
+        key = "lora_A" if "lora_A" in name else "lora_B" if "lora_B" in name else "other"
+        norms[key] = norms.get(key, 0.0) + float(t.float().pow(2).sum())
+    return {k: round(v ** 0.5, 4) for k, v in norms.items()}
+
+
+def dynamo_counters() -> dict:
+    """Dynamo's counters for the run (graphs, recompiles, breaks): a run that compiled differently shows here."""
+    from torch._dynamo.utils import counters
+
+    return {k: dict(v) for k, v in counters.items() if k in ("stats", "frames", "recompiles", "unimplemented")
+            or k.startswith("graph_break")}
+
+
+def grad_probe(marks: dict, steps: int = 2, anomalous: float = 1000.0) -> None:
+    """Where a step's gradient lives (`grad_probe`, one entry per step for the first `steps` steps): the total norm,
+    the 8 largest per-parameter gradient norms with the parameter's own norm, the adapter's A and B norms and a sum
+    over every frozen weight (a base weight changed in memory shows against a run on the same shards). A step whose
+    norm is over `anomalous` runs again on the same micro-batches, compiled and eagerly, from its gradients saved
+    and restored after: a wrong kernel repeats in the compiled run only, a wrong state in both."""
+    import dataclasses
+
+    import torch
+
+    import trainer.train as train_mod
+
+    real_clip, real_step, seen = torch.nn.utils.clip_grad_norm_, train_mod.run_step, []
+
+    def run_step(model, micro_batches, plan, device):
+        seen.append((model, micro_batches, plan, device))
+        return real_step(model, micro_batches, plan, device)
+
+    def clip(params, *a, **k):
+        params = list(params)
+        if len(marks.setdefault("grad_probe", [])) < steps and seen:
+            marks["grad_probe"].append(_grad_report(params, *seen[-1], anomalous, real_step, dataclasses.replace))
+        return real_clip(params, *a, **k)
+
+    train_mod.run_step = run_step
+    torch.nn.utils.clip_grad_norm_ = clip
+
+
+def _grad_report(params, model, micro_batches, plan, device, anomalous, real_step, replace) -> dict:
+    import torch
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    norms = torch.stack([p.grad.float().norm() for p in params]).cpu()
+    total = float(norms.norm())
+    top = sorted(range(len(params)), key=lambda i: -float(norms[i]))[:8]
+    lora = {k: float(torch.stack([p.detach().float().norm() for n, p in model.named_parameters() if k in n]).norm())
+            for k in ("lora_A", "lora_B")}
+    frozen = float(sum(p.float().abs().sum() for p in model.parameters() if not p.requires_grad))
+    report = {"total": total, "top": [(names.get(id(params[i]), "?"), round(float(norms[i]), 4),
+                                       round(float(params[i].detach().float().norm()), 4)) for i in top],
+              "lora_weight_norms": lora, "frozen_abs_sum": frozen}
+    if total > anomalous:
+        saved = [p.grad for p in params]
+        for label, again_plan in (("again_compiled", plan), ("again_eager", replace(plan, compile_mode=None))):
+            model.zero_grad(set_to_none=True)
+            real_step(model, micro_batches, again_plan, device)
+            report[label] = float(torch.stack([p.grad.float().norm() for p in params if p.grad is not None]).norm())
+        for p, g in zip(params, saved, strict=True):
+            p.grad = g
+    return report
+
+
+def record_compile_checks(marks: dict) -> None:
+    """What the trainer's compile check saw (`compile_checks`: compiled and eager gradient norms, cosine, agree) and
+    whether the first step ran again eagerly (`first_step_again`); an older trainer checkout has neither."""
+    import importlib.util
+
+    if importlib.util.find_spec("trainer.guard") is None:
+        return
+    import trainer.guard as guard_mod
+
+    real_compare, real_again = guard_mod.compare, guard_mod.again_eagerly
+
+    def compare(*a, **k):
+        verdict = real_compare(*a, **k)
+        marks.setdefault("compile_checks", []).append({**verdict.__dict__, "agree": verdict.agree})
+        return verdict
+
+    def again(*a, **k):
+        marks["first_step_again"] = a[-1]  # the compiled step's implausible gradient norm
+        return real_again(*a, **k)
+
+    guard_mod.compare, guard_mod.again_eagerly = compare, again

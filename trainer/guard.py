@@ -1,0 +1,180 @@
+"""The compiled training step checked against the eager step before it trains; one that disagrees is dropped.
+
+On an H100, in about one process in ten, the compiled step's forward was right but its gradients came out ~10^4
+times too large, from the first step to the last, and the run learned next to nothing (BENCHMARKS.md, "A run that did
+not learn"). In the same process, the eager step was right on the same micro-batch, adapter and dropout draws. The
+fault is below the trainer and lasts as long as the process, so one check settles it: compiled and eager gradients
+on one micro-batch, before training. If the compiled step disagrees, the run trains without it. That is slower, but
+the run still learns what it should.
+
+Where the step compiles ahead (trainer.train.compile_ahead), the check runs on its stand-in micro-batch, and the
+first training step's gradient norm must then be of the order the check saw (`plausible`), or that step runs again
+eagerly (`again_eagerly`): the baseline eval and the encode thread run in between. Where the first step compiles
+(`first_compiled_step`), that step itself is run both ways and compared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+NORM_RATIO = 2.0  # compiled and eager gradient norms further apart than this factor disagree (rounding: ~1e-3)
+MIN_COSINE = 0.9  # ... as do gradients whose directions are less aligned than this (same dropout masks: ~1.0)
+FIRST_STEP_RATIO = 100.0  # the first compiled step's gradient norm at most this many times the check's eager one
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How the compiled step's gradients compare with the eager step's on the same micro-batch."""
+
+    compiled_norm: float
+    eager_norm: float
+    cosine: float
+
+    @property
+    def agree(self) -> bool:
+        if not (math.isfinite(self.compiled_norm) and math.isfinite(self.cosine)):
+            return False
+        if self.eager_norm == 0.0:
+            return self.compiled_norm == 0.0
+        ratio = self.compiled_norm / self.eager_norm
+        return 1 / NORM_RATIO <= ratio <= NORM_RATIO and self.cosine >= MIN_COSINE
+
+    def line(self) -> str:
+        figures = (f"gradient norm {self.compiled_norm:.4g} compiled, {self.eager_norm:.4g} eager, "
+                   f"cosine {self.cosine:.4f}")
+        if self.agree:
+            return f"compiled step checked against the eager step: {figures}"
+        return (f"the compiled step's gradients disagree with the eager step's on the same micro-batch ({figures}): "
+                "this run trains without torch.compile, slower but learning what it should")
+
+
+def compare(compiled: list[torch.Tensor | None], eager: list[torch.Tensor | None]) -> Verdict:
+    """Norms and cosine of two gradient lists (one entry per trainable parameter; None counts as zeros), summed on
+    the gradients' device and read once."""
+    sums = []
+    for c, e in zip(compiled, eager, strict=True):
+        if c is None and e is None:
+            continue
+        c = (torch.zeros_like(e) if c is None else c).detach().double()
+        e = (torch.zeros_like(c) if e is None else e).detach().double()
+        sums.append(torch.stack([c.square().sum(), e.square().sum(), (c * e).sum()]))
+    if not sums:
+        return Verdict(0.0, 0.0, 1.0)
+    sq_c, sq_e, dot = torch.stack(sums).sum(0).tolist()
+    norm_c, norm_e = math.sqrt(sq_c), math.sqrt(sq_e)
+    cosine = dot / (norm_c * norm_e) if norm_c > 0 and norm_e > 0 else float(norm_c == norm_e)
+    return Verdict(norm_c, norm_e, cosine)
+
+
+def plausible(norm: float, checked: float) -> bool:
+    """Whether the first training step's gradient norm fits the eager norm the check saw on its stand-in batch.
+
+    The check's batch is one sample repeated, the step's batch distinct samples: their norms differ by a small
+    factor, where the fault seen on the GPU multiplies them by ~10^4. This catches a fault that shows only after
+    the check (the baseline eval or the encode thread run between the two).
+    """
+    return math.isfinite(norm) and (checked == 0.0 or norm <= FIRST_STEP_RATIO * checked)
+
+
+def trainable(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def step_gradients(model, micro_batches: list[dict], plan, device) -> list[torch.Tensor | None]:
+    """The gradients one step on `micro_batches` computes, its RNG draws and the gradients then undone."""
+    from trainer.train import run_step
+
+    cuda = torch.device(device).type == "cuda"
+    devices = [torch.device(device).index or torch.cuda.current_device()] if cuda else []
+    with torch.random.fork_rng(devices=devices):
+        run_step(model, micro_batches, plan, device)
+    params = trainable(model)
+    grads = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    return grads
+
+
+def check_compiled(model, batch: dict, plan, device):
+    """`plan` if its compiled step computes the eager step's gradients on `batch` (with the eager norm, for
+    `plausible`), else `plan` without compiling; the RNG, the gradients and the train mode are as they were."""
+    from trainer.events import log
+
+    was_training = model.training
+    model.train()
+    try:
+        eager_plan = replace(plan, compile_mode=None, compile_cache=None)
+        verdict = compare(step_gradients(model, [batch], plan, device),
+                          step_gradients(model, [batch], eager_plan, device))
+    finally:
+        model.train(was_training)
+    log(verdict.line())
+    return replace(plan, checked_norm=verdict.eager_norm) if verdict.agree else eager_plan
+
+
+def first_compiled_step(model, micro_batches: list[dict], plan, device) -> tuple[torch.Tensor, object]:
+    """The first step compiles (when `compile_ahead` could not: shapes that vary, i.e. no feature cache, so no
+    encodes beside it) and is checked against the eager step from the same RNG state. If compiling fails or the
+    two disagree, the run goes on eagerly from the eager step, so it only loses the speed-up."""
+    from trainer.compiling import compile_failed, compiling
+    from trainer.train import run_step
+
+    rng = rng_state()
+    eager_plan = replace(plan, compile_cache=None, compile_mode=None)
+    try:
+        with compiling(plan.compile_mode, "first step"):
+            loss = run_step(model, micro_batches, plan, device)
+    except Exception as exc:  # noqa: BLE001 -- any compiler failure; the eager step below re-raises real errors
+        compile_failed(exc)
+        set_rng_state(rng)
+        model.zero_grad(set_to_none=True)
+        return run_step(model, micro_batches, eager_plan, device), eager_plan
+    compiled, after = [p.grad for p in trainable(model)], rng_state()
+    set_rng_state(rng)
+    model.zero_grad(set_to_none=True)
+    eager_loss = run_step(model, micro_batches, eager_plan, device)
+    if not _agrees(compare(compiled, [p.grad for p in trainable(model)])):
+        return eager_loss, eager_plan
+    for p, grad in zip(trainable(model), compiled, strict=True):
+        p.grad = grad
+    set_rng_state(after)
+    return loss, plan
+
+
+def again_eagerly(model, micro_batches: list[dict], plan, max_grad_norm: float, device, rng: tuple,
+                  norm: float) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """The first step again, eagerly and from the same RNG state, after its compiled run came out implausible:
+    (device loss, gradient norm before clipping, the plan without compiling)."""
+    from trainer.events import log
+    from trainer.train import run_step
+
+    log(f"first step: the compiled step's gradient norm is {norm:.4g}, where the compile check saw "
+        f"{plan.checked_norm:.4g}; this step runs again and the rest run without torch.compile, slower but learning "
+        "what they should")
+    set_rng_state(rng)
+    params = trainable(model)
+    for p in params:
+        p.grad = None
+    plan = replace(plan, compile_mode=None, checked_norm=None)
+    loss = run_step(model, micro_batches, plan, device)
+    return loss, torch.nn.utils.clip_grad_norm_(params, max_grad_norm), plan
+
+
+def _agrees(verdict: Verdict) -> bool:
+    from trainer.events import log
+
+    log(verdict.line())
+    return verdict.agree
+
+
+def rng_state() -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def set_rng_state(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
