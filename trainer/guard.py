@@ -101,8 +101,6 @@ def step_gradients(model, micro_batches: list[dict], plan, device) -> list[torch
 def check_compiled(model, batch: dict, plan, device):
     """`plan` if its compiled step computes the eager step's gradients on `batch` (with the eager norm, for
     `plausible`), else `plan` without compiling; the RNG, the gradients and the train mode are as they were."""
-    from trainer.events import log
-
     was_training = model.training
     model.train()
     try:
@@ -111,8 +109,7 @@ def check_compiled(model, batch: dict, plan, device):
                           step_gradients(model, [batch], eager_plan, device))
     finally:
         model.train(was_training)
-    log(verdict.line())
-    return replace(plan, checked_norm=verdict.eager_norm) if verdict.agree else eager_plan
+    return replace(plan, checked_norm=verdict.eager_norm) if _agrees(verdict) else eager_plan
 
 
 def first_compiled_step(model, micro_batches: list[dict], plan, device) -> tuple[torch.Tensor, object]:
