@@ -50,8 +50,6 @@ def grad_probe(marks: dict, steps: int = 2, anomalous: float = 1000.0) -> None:
     over every frozen weight (a base weight changed in memory shows against a run on the same shards). A step whose
     norm is over `anomalous` runs again on the same micro-batches, compiled and eagerly, from its gradients saved
     and restored after: a wrong kernel repeats in the compiled run only, a wrong state in both."""
-    import dataclasses
-
     import torch
 
     import trainer.train as train_mod
@@ -65,14 +63,16 @@ def grad_probe(marks: dict, steps: int = 2, anomalous: float = 1000.0) -> None:
     def clip(params, *a, **k):
         params = list(params)
         if len(marks.setdefault("grad_probe", [])) < steps and seen:
-            marks["grad_probe"].append(_grad_report(params, *seen[-1], anomalous, real_step, dataclasses.replace))
+            marks["grad_probe"].append(_grad_report(params, *seen[-1], anomalous, real_step))
         return real_clip(params, *a, **k)
 
     train_mod.run_step = run_step
     torch.nn.utils.clip_grad_norm_ = clip
 
 
-def _grad_report(params, model, micro_batches, plan, device, anomalous, real_step, replace) -> dict:
+def _grad_report(params, model, micro_batches, plan, device, anomalous, real_step) -> dict:
+    from dataclasses import replace
+
     import torch
 
     names = {id(p): n for n, p in model.named_parameters()}

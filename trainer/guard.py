@@ -87,10 +87,9 @@ def step_gradients(model, micro_batches: list[dict], plan, device) -> list[torch
     """The gradients one step on `micro_batches` computes, its RNG draws and the gradients then undone."""
     from trainer.train import run_step
 
-    cuda = torch.device(device).type == "cuda"
-    devices = [torch.device(device).index or torch.cuda.current_device()] if cuda else []
-    with torch.random.fork_rng(devices=devices):
-        run_step(model, micro_batches, plan, device)
+    rng = rng_state()
+    run_step(model, micro_batches, plan, device)
+    set_rng_state(rng)
     params = trainable(model)
     grads = [p.grad for p in params]
     for p in params:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer import guard  # by module: the bench wraps its functions
 from trainer.batches import StepBatches, prepare_batches
 from trainer.checkpoint import checkpoints_root
 from trainer.collate import IGNORE
@@ -287,19 +288,17 @@ def _optimizer_step(model, micro_batches: list[dict], plan: StepPlan, opt, sched
                     first: bool) -> tuple[torch.Tensor, torch.Tensor, StepPlan]:
     """Forward/backward over the step's micro-batches, clip, update; (device loss, device gradient norm before
     clipping, the plan for the next steps). A norm of 0 means no gradient reached the adapter."""
-    from trainer.guard import again_eagerly, first_compiled_step, plausible, rng_state
-
     tripwire = first and plan.compile_mode is not None and plan.checked_norm is not None
-    rng = rng_state() if tripwire else None
+    rng = guard.rng_state() if tripwire else None
     if plan.compile_cache is not None and first:
-        loss, plan = first_compiled_step(model, micro_batches, plan, device)
+        loss, plan = guard.first_compiled_step(model, micro_batches, plan, device)
     else:
         loss = run_step(model, micro_batches, plan, device)
     # the optimizer's own list: collecting trainable parameters from the model walks every module each step
     params = [p for group in opt.param_groups for p in group["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-    if tripwire and not plausible(float(norm), plan.checked_norm):  # the first step is read at once anyway
-        loss, norm, plan = again_eagerly(model, micro_batches, plan, cfg.max_grad_norm, device, rng, float(norm))
+    if tripwire and not guard.plausible(float(norm), plan.checked_norm):  # the first step is read at once anyway
+        loss, norm, plan = guard.again_eagerly(model, micro_batches, plan, cfg.max_grad_norm, device, rng, float(norm))
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
@@ -330,9 +329,7 @@ def compile_ahead(model, batch: dict, plan: StepPlan, device) -> StepPlan:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     _save_compiled(plan.compile_cache)  # before the evals and training: a killed task's retry starts warm
-    from trainer.guard import check_compiled
-
-    return check_compiled(model, batch, replace(plan, compile_cache=None), device)
+    return guard.check_compiled(model, batch, replace(plan, compile_cache=None), device)
 
 
 def _save_compiled(path: Path) -> None:
