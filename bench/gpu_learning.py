@@ -9,6 +9,7 @@ first steps' gradients live.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -96,16 +97,92 @@ def _grad_report(params, model, micro_batches, plan, device, anomalous, real_ste
     return report
 
 
+def kernel_configs() -> dict:
+    """The Triton config each loaded inductor kernel launches with, by `module file:kernel`, with how many it was
+    chosen from (more than one: chosen by timing at its first launch, in this process)."""
+    from torch._inductor.codecache import PyCodeCache
+
+    chosen = {}
+    for module in list(PyCodeCache.modules):
+        for name, kernel in vars(module).items():
+            launchers = getattr(kernel, "launchers", None)
+            if launchers is None or not hasattr(kernel, "fn"):
+                continue
+            where = f"{Path(getattr(module, '__file__', '?')).stem}:{name}"
+            chosen[where] = [len(launchers), str(launchers[0].config) if launchers else None,
+                             len(getattr(kernel, "compile_results", []) or [])]
+    return chosen
+
+
+def _multi_config_kernels() -> list[tuple[str, object]]:
+    from torch._inductor.codecache import PyCodeCache
+
+    found = []
+    for module in list(PyCodeCache.modules):
+        for name, kernel in vars(module).items():
+            if len(getattr(kernel, "compile_results", None) or []) > 1 and getattr(kernel, "launchers", None):
+                found.append((f"{Path(getattr(module, '__file__', '?')).stem}:{name}", kernel))
+    return found
+
+
+def force_first_configs() -> list[dict]:
+    """Every kernel inductor chose a config for by timing set back to the config it compiled first (for the kernel
+    found wrong on the H100, the wrong one): the guard's repick then has a fault to put right in every process."""
+    forced = []
+    for where, kernel in _multi_config_kernels():
+        was = str(kernel.launchers[0].config)
+        kernel.launchers = [kernel.compile_results[0].make_launcher()]
+        forced.append({"kernel": where, "was": was, "now": str(kernel.launchers[0].config)})
+    return forced
+
+
+def config_swaps(guard_mod, compare, model, batch, plan, device) -> list[dict]:
+    """Each kernel inductor chose between configs by timing, run with each of its configs in turn (the others as
+    chosen) and checked against the eager step: which config, if any, computes wrong gradients."""
+    from dataclasses import replace
+
+    was_training = model.training
+    model.train()
+    try:
+        return _swap_each(guard_mod, compare, model, batch, replace(plan, compile_cache=None), device)
+    finally:
+        model.train(was_training)
+
+
+def _swap_each(guard_mod, compare, model, batch, compiled_plan, device) -> list[dict]:
+    from dataclasses import replace
+
+    eager = guard_mod.step_gradients(model, [batch], replace(compiled_plan, compile_mode=None), device)
+    swaps = []
+    for where, kernel in _multi_config_kernels():
+        chosen = kernel.launchers
+        try:
+            for result in kernel.compile_results:
+                kernel.launchers = [result.make_launcher()]
+                verdict = compare(guard_mod.step_gradients(model, [batch], compiled_plan, device), eager)
+                swaps.append({"kernel": where, "config": str(result.config), "chosen": str(chosen[0].config),
+                              **verdict.__dict__, "agree": verdict.agree})
+        except Exception as exc:  # noqa: BLE001 -- a probe: say what failed and go on
+            swaps.append({"kernel": where, "error": repr(exc)[:300]})
+        finally:
+            kernel.launchers = chosen
+    return swaps
+
+
 def record_compile_checks(marks: dict) -> None:
-    """What the trainer's compile check saw (`compile_checks`: compiled and eager gradient norms, cosine, agree) and
-    whether the first step ran again eagerly (`first_step_again`); an older trainer checkout has neither."""
+    """What the trainer's compile check saw (`compile_checks`: compiled and eager gradient norms, cosine, agree; one
+    entry per comparison, a repick's included), its wall time (`compile_check_s`), the Triton config each kernel
+    launches with after it (`kernel_configs`) and whether the first step ran again eagerly (`first_step_again`); an
+    older trainer checkout has none of them. BENCH_FORCE_FIRST_CONFIG=1 sets the timed kernels to their first
+    configs before the check (`forced_configs`); BENCH_CONFIG_SWAP=1 checks every config of each after it
+    (`config_swaps`)."""
     import importlib.util
 
     if importlib.util.find_spec("trainer.guard") is None:
         return
     import trainer.guard as guard_mod
 
-    real_compare, real_again = guard_mod.compare, guard_mod.again_eagerly
+    real_compare, real_again, real_check = guard_mod.compare, guard_mod.again_eagerly, guard_mod.check_compiled
 
     def compare(*a, **k):
         verdict = real_compare(*a, **k)
@@ -116,4 +193,20 @@ def record_compile_checks(marks: dict) -> None:
         marks["first_step_again"] = a[-1]  # the compiled step's implausible gradient norm
         return real_again(*a, **k)
 
-    guard_mod.compare, guard_mod.again_eagerly = compare, again
+    def check(*a, **k):
+        import time
+
+        import torch
+
+        if os.environ.get("BENCH_FORCE_FIRST_CONFIG") == "1":
+            marks["forced_configs"] = force_first_configs()
+        start = time.perf_counter()
+        plan = real_check(*a, **k)
+        torch.cuda.synchronize()
+        marks["compile_check_s"] = round(time.perf_counter() - start, 3)
+        marks["kernel_configs"] = kernel_configs()
+        if os.environ.get("BENCH_CONFIG_SWAP") == "1":
+            marks["config_swaps"] = config_swaps(guard_mod, real_compare, *a)
+        return plan
+
+    guard_mod.compare, guard_mod.again_eagerly, guard_mod.check_compiled = compare, again, check

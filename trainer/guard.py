@@ -1,11 +1,13 @@
-"""The compiled training step checked against the eager step before it trains; one that disagrees is dropped.
+"""The compiled training step checked against the eager step before it trains; one that disagrees is put right or
+dropped.
 
-On an H100, in about one process in ten, the compiled step's forward was right but its gradients came out ~10^4
-times too large, from the first step to the last, and the run learned next to nothing (BENCHMARKS.md, "A run that did
-not learn"). In the same process, the eager step was right on the same micro-batch, adapter and dropout draws. The
-fault is below the trainer and lasts as long as the process, so one check settles it: compiled and eager gradients
-on one micro-batch, before training. If the compiled step disagrees, the run trains without it. That is slower, but
-the run still learns what it should.
+On an H100, in about one process in six, the compiled step's forward was right but its gradients were garbage ~10^4
+times too large, from the first step to the last, and the run learned next to nothing (BENCHMARKS.md, twentieth and
+twenty-first sets). The cause: one Triton kernel inductor picks between two configs by timing, at its first launch,
+in every process, and one of the two computes wrong gradients (trainer.autotuned). One check settles it: compiled
+and eager gradients on one micro-batch, before training. If they disagree, each kernel inductor chose a config for
+by timing is tried with the configs it passed over (`repick`), and the first that makes them agree is kept; if none
+does, the run trains without torch.compile, slower but still learning what it should.
 
 Where the step compiles ahead (trainer.train.compile_ahead), the check runs on its stand-in micro-batch, and the
 first training step's gradient norm must then be of the order the check saw (`plausible`), or that step runs again
@@ -42,13 +44,14 @@ class Verdict:
         ratio = self.compiled_norm / self.eager_norm
         return 1 / NORM_RATIO <= ratio <= NORM_RATIO and self.cosine >= MIN_COSINE
 
+    def figures(self) -> str:
+        return (f"gradient norm {self.compiled_norm:.4g} compiled, {self.eager_norm:.4g} eager, "
+                f"cosine {self.cosine:.4f}")
+
     def line(self) -> str:
-        figures = (f"gradient norm {self.compiled_norm:.4g} compiled, {self.eager_norm:.4g} eager, "
-                   f"cosine {self.cosine:.4f}")
         if self.agree:
-            return f"compiled step checked against the eager step: {figures}"
-        return (f"the compiled step's gradients disagree with the eager step's on the same micro-batch ({figures}): "
-                "this run trains without torch.compile, slower but learning what it should")
+            return f"compiled step checked against the eager step: {self.figures()}"
+        return f"the compiled step's gradients disagree with the eager step's on the same micro-batch ({self.figures()})"
 
 
 def compare(compiled: list[torch.Tensor | None], eager: list[torch.Tensor | None]) -> Verdict:
@@ -99,22 +102,49 @@ def step_gradients(model, micro_batches: list[dict], plan, device) -> list[torch
 
 def check_compiled(model, batch: dict, plan, device):
     """`plan` if its compiled step computes the eager step's gradients on `batch` (with the eager norm, for
-    `plausible`), else `plan` without compiling; the RNG, the gradients and the train mode are as they were."""
+    `plausible`), perhaps after a kernel's config is picked again (`repick`), else `plan` without compiling; the RNG,
+    the gradients and the train mode are as they were."""
     was_training = model.training
     model.train()
     try:
         eager_plan = replace(plan, compile_mode=None, compile_cache=None)
-        verdict = compare(step_gradients(model, [batch], plan, device),
-                          step_gradients(model, [batch], eager_plan, device))
+        eager = step_gradients(model, [batch], eager_plan, device)
+        verdict = compare(step_gradients(model, [batch], plan, device), eager)
+        if not _agrees(verdict):
+            verdict = repick(lambda: step_gradients(model, [batch], plan, device), eager)
     finally:
         model.train(was_training)
-    return replace(plan, checked_norm=verdict.eager_norm) if _agrees(verdict) else eager_plan
+    return replace(plan, checked_norm=verdict.eager_norm) if verdict is not None else eager_plan
+
+
+def repick(compiled_gradients, eager: list[torch.Tensor | None]) -> Verdict | None:
+    """After a disagreement: the kernels inductor chose a config for by timing (trainer.autotuned) tried with each
+    config it passed over, one kernel at a time; the verdict of the first that agrees (and that config kept), or
+    None, every choice as it was."""
+    from trainer import autotuned
+    from trainer.events import log
+
+    def agreeing() -> Verdict | None:
+        verdict = compare(compiled_gradients(), eager)
+        return verdict if verdict.agree else None
+
+    for choice in autotuned.choices():
+        chosen = choice.chosen()
+        if (found := autotuned.repick(choice, agreeing)) is not None:
+            config, verdict = found
+            log(f"inductor had timed {choice.name} fastest with [{chosen}]; with [{config}] the compiled step's "
+                f"gradients agree with the eager step's ({verdict.figures()}): this run keeps torch.compile")
+            return verdict
+    log("no other config of the kernels inductor chose by timing puts the compiled step right: this run trains "
+        "without torch.compile, slower but learning what it should")
+    return None
 
 
 def first_compiled_step(model, micro_batches: list[dict], plan, device) -> tuple[torch.Tensor, object]:
     """The first step compiles (when `compile_ahead` could not: shapes that vary, i.e. no feature cache, so no
     encodes beside it) and is checked against the eager step from the same RNG state. If compiling fails or the
-    two disagree, the run goes on eagerly from the eager step, so it only loses the speed-up."""
+    two disagree (and no `repick` puts them right), the run goes on eagerly from the eager step, so it only loses
+    the speed-up."""
     from trainer.compiling import compile_failed, compiling
     from trainer.train import run_step
 
@@ -132,12 +162,31 @@ def first_compiled_step(model, micro_batches: list[dict], plan, device) -> tuple
     set_rng_state(rng)
     model.zero_grad(set_to_none=True)
     eager_loss = run_step(model, micro_batches, eager_plan, device)
-    if not _agrees(compare(compiled, [p.grad for p in trainable(model)])):
-        return eager_loss, eager_plan
+    eager = [p.grad for p in trainable(model)]
+    if not _agrees(compare(compiled, eager)):
+        return eager_loss, _repicked(model, micro_batches, plan, device, rng, eager) or eager_plan
     for p, grad in zip(trainable(model), compiled, strict=True):
         p.grad = grad
     set_rng_state(after)
     return loss, plan
+
+
+def _repicked(model, micro_batches: list[dict], plan, device, rng: tuple, eager: list[torch.Tensor | None]):
+    """`plan` if `repick` puts its compiled step right, else None; the eager step's gradients and RNG stay as
+    they were, so the first step is the eager one either way."""
+    after = rng_state()
+    for p in trainable(model):
+        p.grad = None  # else the steps below would add into the eager gradients, in place
+
+    def compiled_again() -> list[torch.Tensor | None]:
+        set_rng_state(rng)
+        return step_gradients(model, micro_batches, plan, device)
+
+    verdict = repick(compiled_again, eager)
+    for p, grad in zip(trainable(model), eager, strict=True):
+        p.grad = grad
+    set_rng_state(after)
+    return plan if verdict is not None else None
 
 
 def again_eagerly(model, micro_batches: list[dict], plan, max_grad_norm: float, device, rng: tuple,

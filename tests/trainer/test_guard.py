@@ -8,9 +8,12 @@ the eager layers stay right. The check (trainer.guard) compares the two on one m
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from trainer import autotuned
 from trainer.config import TrainConfig
 from trainer.events import ListSink
 from trainer.guard import Verdict, compare
@@ -148,3 +151,97 @@ def test_a_fault_that_shows_only_after_the_check_is_caught_at_the_first_step(tmp
     assert _losses(late)[0] == pytest.approx(_losses(eager)[0], rel=1e-6)
     assert _norms(late)[0] == pytest.approx(_norms(eager)[0], rel=0.05)
     assert _losses(late) == pytest.approx(_losses(eager), rel=1e-3)
+
+
+class _Kernel:
+    """A Triton kernel as inductor leaves it after timing its configs: every compiled config, and the one it
+    launches with (`make_launcher` fails for the configs in `broken`)."""
+
+    def __init__(self, *configs: str, chosen: str, broken: tuple[str, ...] = ()):
+        self.compile_results = [SimpleNamespace(config=c, make_launcher=self._loader(c, c in broken)) for c in configs]
+        self.launchers = [SimpleNamespace(config=chosen)]
+
+    @staticmethod
+    def _loader(config: str, broken: bool):
+        def make_launcher():
+            if broken:
+                raise RuntimeError("out of resources: shared memory")
+            return SimpleNamespace(config=config)
+
+        return make_launcher
+
+    def config(self) -> str:
+        return self.launchers[0].config
+
+
+def _layers_wrong_with(kernel: _Kernel, wrong: str):
+    """Compiled decoder layers whose gradients are wrong while `kernel` launches with its `wrong` config (the fault
+    found on the GPU: one config of one fused RMSNorm-backward kernel)."""
+
+    def compiled_layers(model, mode):
+        faulty = dict(_faulty_compiled_layers(model, mode))
+
+        def call_for(layer):
+            def call(*args, **kwargs):
+                return (faulty[layer] if kernel.config() == wrong else layer._call_impl)(*args, **kwargs)
+
+            return call
+
+        return [(layer, call_for(layer)) for layer in faulty]
+
+    return compiled_layers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["ahead", "first step"])
+def test_a_kernel_config_that_computes_wrong_gradients_is_picked_again_and_the_run_stays_compiled(
+        tmp_path, monkeypatch, capsys, where):
+    """Inductor timed the wrong config of a kernel fastest; another kernel it also chose by timing is tried first
+    and changes nothing (its choice is put back). With the kernel's other config the compiled step agrees with the
+    eager one: the run keeps torch.compile, says which config it kept, and learns what the eager run learns."""
+    import trainer.fused
+    import trainer.run
+
+    eager = ListSink()
+    assert run(CFG.replace(compile="off", output_dir=str(tmp_path / "runs" / "off")), eager) == 0
+    decoy = _Kernel("XBLOCK: 1, R0_BLOCK: 1024", "XBLOCK: 1, R0_BLOCK: 512", chosen="XBLOCK: 1, R0_BLOCK: 1024")
+    norm_backward = _Kernel("XBLOCK: 2, R0_BLOCK: 256", "XBLOCK: 2, R0_BLOCK: 128", chosen="XBLOCK: 2, R0_BLOCK: 256")
+    monkeypatch.setattr(autotuned, "choices", lambda: [autotuned.Choice("triton_red_fused_add_view_17", decoy),
+                                                       autotuned.Choice("triton_red_fused_rms_norm_backward", norm_backward)])
+    monkeypatch.setattr(trainer.fused, "compiled_layers", _layers_wrong_with(norm_backward, "XBLOCK: 2, R0_BLOCK: 256"))
+    if where == "first step":
+        monkeypatch.setattr(trainer.run, "_compile_ahead", lambda *a, **k: a[5])  # the plan as it was
+    capsys.readouterr()
+    repicked = ListSink()
+    assert run(CFG.replace(compile="on", output_dir=str(tmp_path / "runs" / "on")), repicked) == 0
+    log = capsys.readouterr().err
+
+    assert "the compiled step's gradients disagree with the eager step's" in log
+    assert ("inductor had timed triton_red_fused_rms_norm_backward fastest with [XBLOCK: 2, R0_BLOCK: 256]; with "
+            "[XBLOCK: 2, R0_BLOCK: 128] the compiled step's gradients agree") in log
+    assert "this run keeps torch.compile" in log and "trains without torch.compile" not in log
+    assert norm_backward.config() == "XBLOCK: 2, R0_BLOCK: 128" and decoy.config() == "XBLOCK: 1, R0_BLOCK: 1024"
+    assert _losses(repicked)[0] == pytest.approx(_losses(eager)[0], rel=1e-6)
+    assert _losses(repicked) == pytest.approx(_losses(eager), rel=1e-3)
+    assert max(_norms(repicked)) < 100 * max(_norms(eager))
+
+
+def test_repick_tries_each_passed_over_config_keeps_the_first_accepted_and_otherwise_puts_the_choice_back():
+    kernel = _Kernel("a", "b", "c", "d", chosen="a", broken=("b",))
+    tried = []
+
+    def accept_d():
+        tried.append(kernel.config())
+        return "agrees" if kernel.config() == "d" else None
+
+    assert autotuned.repick(autotuned.Choice("k", kernel), accept_d) == ("d", "agrees")
+    assert tried == ["c", "d"] and kernel.config() == "d"  # the chosen one is not tried; one that cannot load is skipped
+
+    assert autotuned.repick(autotuned.Choice("k", kernel), lambda: None) is None
+    assert kernel.config() == "d"
+
+
+def test_kernels_with_one_config_or_none_loaded_offer_no_choice():
+    """On a CPU inductor builds C++ kernels, not Triton ones: nothing to pick again, so a disagreeing step trains
+    eagerly (the tests above)."""
+    assert all(len(c.kernel.compile_results) > 1 for c in autotuned.choices())
