@@ -146,6 +146,7 @@ def build_model(spec: Spec, processor, device: str = "cuda"):
     from transformers import AutoModelForImageTextToText
 
     cfg = model_config(spec, processor.tokenizer)
+    torch.manual_seed(0)  # the same weights on every machine: losses and gradient norms compare across machines
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa")
     gen = model.generation_config

@@ -5,13 +5,14 @@ with half the reduction block (when registers limit occupancy) and keep whicheve
 again in every process, from timings that other GPU work (the eval images encoding beside the compile) disturbs,
 and it is not cached. On an H100 with torch 2.11, one of gemma-3-4b's kernels (the query/key RMSNorm backward fused
 with the rotary backward) computes wrong gradients with its first config (XBLOCK 2, R0_BLOCK 256) and right ones
-with the halved config (R0_BLOCK 128); in about one process in six the wrong one timed faster, and the run
+with the halved config (R0_BLOCK 128). In about one process in nine the wrong one timed faster, and the run
 learned next to nothing (BENCHMARKS.md, twenty-first set). trainer.guard uses this module to put such a choice
 right: each passed-over config is tried in turn, and kept only if the compiled step then computes the eager step's
 gradients.
 
-These are inductor internals (its loaded modules, a kernel's `compile_results` and `launchers`). Where they are
-missing or differ (a torch that keeps only the chosen config), there is nothing to try and the run trains eagerly.
+These are inductor internals (its loaded modules, a kernel's `compile_results` and `launchers`), measured with
+torch 2.11. Where they are missing or differ there is nothing to try, and the run trains eagerly: torch 2.13 (the
+image's) keeps only the chosen config after timing.
 """
 
 from __future__ import annotations

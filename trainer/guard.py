@@ -1,7 +1,7 @@
 """The compiled training step checked against the eager step before it trains; one that disagrees is put right or
 dropped.
 
-On an H100, in about one process in six, the compiled step's forward was right but its gradients were garbage ~10^4
+On an H100, in about one process in nine, the compiled step's forward was right but its gradients were garbage ~10^4
 times too large, from the first step to the last, and the run learned next to nothing (BENCHMARKS.md, twentieth and
 twenty-first sets). The cause: one Triton kernel inductor picks between two configs by timing, at its first launch,
 in every process, and one of the two computes wrong gradients (trainer.autotuned). One check settles it: compiled
@@ -128,15 +128,17 @@ def repick(compiled_gradients, eager: list[torch.Tensor | None]) -> Verdict | No
         verdict = compare(compiled_gradients(), eager)
         return verdict if verdict.agree else None
 
-    for choice in autotuned.choices():
+    choices = autotuned.choices()
+    for choice in choices:
         chosen = choice.chosen()
         if (found := autotuned.repick(choice, agreeing)) is not None:
             config, verdict = found
             log(f"inductor had timed {choice.name} fastest with [{chosen}]; with [{config}] the compiled step's "
                 f"gradients agree with the eager step's ({verdict.figures()}): this run keeps torch.compile")
             return verdict
-    log("no other config of the kernels inductor chose by timing puts the compiled step right: this run trains "
-        "without torch.compile, slower but learning what it should")
+    why = ("no other config of the kernels inductor chose by timing puts the compiled step right" if choices else
+           "inductor kept no other kernel configs to try")
+    log(f"{why}: this run trains without torch.compile, slower but learning what it should")
     return None
 
 

@@ -80,7 +80,7 @@ def test_a_compiled_step_with_wrong_gradients_is_dropped_and_the_run_learns_what
     log = capsys.readouterr().err
 
     assert "the compiled step's gradients disagree with the eager step's" in log
-    assert "this run trains without torch.compile" in log
+    assert "inductor kept no other kernel configs to try: this run trains without torch.compile" in log
     # no update ever used the wrong gradients: the steps are the eager run's, but for dropout masks laid out over
     # batches padded to the compiled shape (the first loss is exact: the adapter's B starts at zero)
     assert _losses(faulty)[0] == pytest.approx(_losses(eager)[0], rel=1e-6)
