@@ -128,16 +128,20 @@ def repick(compiled_gradients, eager: list[torch.Tensor | None]) -> Verdict | No
         verdict = compare(compiled_gradients(), eager)
         return verdict if verdict.agree else None
 
-    choices = autotuned.choices()
-    for choice in choices:
-        chosen = choice.chosen()
-        if (found := autotuned.repick(choice, agreeing)) is not None:
-            config, verdict = found
-            log(f"inductor had timed {choice.name} fastest with [{chosen}]; with [{config}] the compiled step's "
-                f"gradients agree with the eager step's ({verdict.figures()}): this run keeps torch.compile")
-            return verdict
-    why = ("no other config of the kernels inductor chose by timing puts the compiled step right" if choices else
-           "inductor kept no other kernel configs to try")
+    choices, why = [], "inductor kept no other kernel configs to try"
+    try:  # inductor's internals, as a torch version has them: any surprise there only means training eagerly
+        choices = autotuned.choices()
+        for choice in choices:
+            chosen = choice.chosen()
+            if (found := autotuned.repick(choice, agreeing)) is not None:
+                config, verdict = found
+                log(f"inductor had timed {choice.name} fastest with [{chosen}]; with [{config}] the compiled step's "
+                    f"gradients agree with the eager step's ({verdict.figures()}): this run keeps torch.compile")
+                return verdict
+        if choices:
+            why = "no other config of the kernels inductor chose by timing puts the compiled step right"
+    except Exception as exc:  # noqa: BLE001
+        why = f"picking kernel configs again failed ({type(exc).__name__}: {exc})"
     log(f"{why}: this run trains without torch.compile, slower but learning what it should")
     return None
 

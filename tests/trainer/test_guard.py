@@ -245,3 +245,16 @@ def test_kernels_with_one_config_or_none_loaded_offer_no_choice():
     """On a CPU inductor builds C++ kernels, not Triton ones: nothing to pick again, so a disagreeing step trains
     eagerly (the tests above)."""
     assert all(len(c.kernel.compile_results) > 1 for c in autotuned.choices())
+
+
+def test_inductor_internals_that_surprise_the_repick_leave_the_run_training_eagerly(monkeypatch, capsys):
+    from trainer import guard
+
+    def other_torch():
+        raise AttributeError("'CachingAutotuner' object has no attribute 'compile_results'")
+
+    monkeypatch.setattr(autotuned, "choices", other_torch)
+    grads = [torch.ones(3)]
+    assert guard.repick(lambda: [torch.ones(3) * 1e4], grads) is None
+    assert ("picking kernel configs again failed (AttributeError: 'CachingAutotuner' object has no attribute "
+            "'compile_results'): this run trains without torch.compile") in capsys.readouterr().err
