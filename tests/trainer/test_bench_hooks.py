@@ -261,6 +261,7 @@ def test_the_bench_records_what_the_compile_check_saw(tmp_path, monkeypatch):
 
     monkeypatch.setattr(guard_mod, "compare", guard_mod.compare)
     monkeypatch.setattr(guard_mod, "again_eagerly", guard_mod.again_eagerly)
+    monkeypatch.setattr(guard_mod, "check_compiled", guard_mod.check_compiled)
     marks: dict = {}
     gpu_learning.record_compile_checks(marks)
     cfg = TrainConfig(model_id="builtin:tiny-gemma3", dataset="builtin:synthetic-pets", prompt="short", train_size=8,
@@ -270,3 +271,5 @@ def test_the_bench_records_what_the_compile_check_saw(tmp_path, monkeypatch):
     (check,) = marks["compile_checks"]
     assert check["agree"] and check["eager_norm"] > 0 and check["cosine"] > 0.99
     assert "first_step_again" not in marks
+    assert marks["compile_check_s"] > 0
+    assert marks["kernel_configs"] == {}  # a CPU compile builds C++ kernels, none of them Triton's
