@@ -115,14 +115,15 @@ def kernel_configs() -> dict:
 
 
 def _multi_config_kernels() -> list[tuple[str, object]]:
-    from torch._inductor.codecache import PyCodeCache
+    """(module:kernel, kernel) for each kernel inductor timed between configs in this process (trainer.autotuned;
+    an older trainer checkout has none)."""
+    import importlib.util
 
-    found = []
-    for module in list(PyCodeCache.modules):
-        for name, kernel in vars(module).items():
-            if len(getattr(kernel, "compile_results", None) or []) > 1 and getattr(kernel, "launchers", None):
-                found.append((f"{Path(getattr(module, '__file__', '?')).stem}:{name}", kernel))
-    return found
+    if importlib.util.find_spec("trainer.autotuned") is None:
+        return []
+    from trainer import autotuned
+
+    return [(f"{c.module}:{c.name}", c.kernel) for c in autotuned.choices()]
 
 
 def force_first_configs() -> list[dict]:

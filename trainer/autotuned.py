@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -26,10 +27,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Choice:
-    """One kernel inductor chose a config for at run time: its name and the kernel object."""
+    """One kernel inductor chose a config for at run time: its name, its module's (several graphs may each hold a
+    kernel of that name) and the kernel object."""
 
     name: str
     kernel: object
+    module: str = ""
 
     def chosen(self) -> str:
         return str(self.kernel.launchers[0].config)
@@ -46,7 +49,7 @@ def choices() -> list[Choice]:
         for name, kernel in list(vars(module).items()):
             results = getattr(kernel, "compile_results", None)
             if isinstance(results, list) and len(results) > 1 and getattr(kernel, "launchers", None):
-                found.append(Choice(name, kernel))
+                found.append(Choice(name, kernel, Path(getattr(module, "__file__", "") or "").stem))
     return found
 
 

@@ -60,24 +60,30 @@ def _norms(sink: ListSink) -> list[float]:
     return [e["grad_norm"] for e in sink.events if e["event"] == "step"]
 
 
+def _run_both(tmp_path, monkeypatch, capsys, compiled_layers, where: str = "ahead") -> tuple[ListSink, ListSink, str]:
+    """The eager run, then the compiled run with `compiled_layers` standing in for trainer.fused's (compiled ahead
+    or at the first step): (eager run's events, compiled run's events, compiled run's log)."""
+    import trainer.fused
+    import trainer.run
+
+    eager = ListSink()
+    assert run(CFG.replace(compile="off", output_dir=str(tmp_path / "runs" / "off")), eager) == 0
+    monkeypatch.setattr(trainer.fused, "compiled_layers", compiled_layers)
+    if where == "first step":
+        monkeypatch.setattr(trainer.run, "_compile_ahead", lambda *a, **k: a[5])  # the plan as it was
+    capsys.readouterr()
+    compiled = ListSink()
+    assert run(CFG.replace(compile="on", output_dir=str(tmp_path / "runs" / "on")), compiled) == 0
+    return eager, compiled, capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["ahead", "first step"])
 def test_a_compiled_step_with_wrong_gradients_is_dropped_and_the_run_learns_what_the_eager_run_learns(
         tmp_path, monkeypatch, capsys, where):
     """Compiled ahead (the default) or at the first step (shapes that vary): either way the fault is caught before
     any update, the run trains eagerly and says why, and its steps are the eager run's."""
-    import trainer.fused
-    import trainer.run
-
-    eager = ListSink()
-    assert run(CFG.replace(compile="off", output_dir=str(tmp_path / "runs" / "off")), eager) == 0
-    monkeypatch.setattr(trainer.fused, "compiled_layers", _faulty_compiled_layers)
-    if where == "first step":
-        monkeypatch.setattr(trainer.run, "_compile_ahead", lambda *a, **k: a[5])  # the plan as it was
-    capsys.readouterr()
-    faulty = ListSink()
-    assert run(CFG.replace(compile="on", output_dir=str(tmp_path / "runs" / "on")), faulty) == 0
-    log = capsys.readouterr().err
+    eager, faulty, log = _run_both(tmp_path, monkeypatch, capsys, _faulty_compiled_layers, where)
 
     assert "the compiled step's gradients disagree with the eager step's" in log
     assert "inductor kept no other kernel configs to try: this run trains without torch.compile" in log
@@ -138,13 +144,7 @@ def test_a_fault_that_shows_only_after_the_check_is_caught_at_the_first_step(tmp
 
         return [(layer, call_for(layer)) for layer in layers]
 
-    eager = ListSink()
-    assert run(CFG.replace(compile="off", output_dir=str(tmp_path / "runs" / "off")), eager) == 0
-    monkeypatch.setattr(trainer.fused, "compiled_layers", late_fault)
-    capsys.readouterr()
-    late = ListSink()
-    assert run(CFG.replace(compile="on", output_dir=str(tmp_path / "runs" / "on")), late) == 0
-    log = capsys.readouterr().err
+    eager, late, log = _run_both(tmp_path, monkeypatch, capsys, late_fault)
 
     assert "compiled step checked against the eager step" in log
     assert "first step: the compiled step's gradient norm is" in log and "this step runs again" in log
@@ -199,22 +199,12 @@ def test_a_kernel_config_that_computes_wrong_gradients_is_picked_again_and_the_r
     """Inductor timed the wrong config of a kernel fastest; another kernel it also chose by timing is tried first
     and changes nothing (its choice is put back). With the kernel's other config the compiled step agrees with the
     eager one: the run keeps torch.compile, says which config it kept, and learns what the eager run learns."""
-    import trainer.fused
-    import trainer.run
-
-    eager = ListSink()
-    assert run(CFG.replace(compile="off", output_dir=str(tmp_path / "runs" / "off")), eager) == 0
     decoy = _Kernel("XBLOCK: 1, R0_BLOCK: 1024", "XBLOCK: 1, R0_BLOCK: 512", chosen="XBLOCK: 1, R0_BLOCK: 1024")
     norm_backward = _Kernel("XBLOCK: 2, R0_BLOCK: 256", "XBLOCK: 2, R0_BLOCK: 128", chosen="XBLOCK: 2, R0_BLOCK: 256")
     monkeypatch.setattr(autotuned, "choices", lambda: [autotuned.Choice("triton_red_fused_add_view_17", decoy),
                                                        autotuned.Choice("triton_red_fused_rms_norm_backward", norm_backward)])
-    monkeypatch.setattr(trainer.fused, "compiled_layers", _layers_wrong_with(norm_backward, "XBLOCK: 2, R0_BLOCK: 256"))
-    if where == "first step":
-        monkeypatch.setattr(trainer.run, "_compile_ahead", lambda *a, **k: a[5])  # the plan as it was
-    capsys.readouterr()
-    repicked = ListSink()
-    assert run(CFG.replace(compile="on", output_dir=str(tmp_path / "runs" / "on")), repicked) == 0
-    log = capsys.readouterr().err
+    eager, repicked, log = _run_both(tmp_path, monkeypatch, capsys,
+                                     _layers_wrong_with(norm_backward, "XBLOCK: 2, R0_BLOCK: 256"), where)
 
     assert "the compiled step's gradients disagree with the eager step's" in log
     assert ("inductor had timed triton_red_fused_rms_norm_backward fastest with [XBLOCK: 2, R0_BLOCK: 256]; with "
