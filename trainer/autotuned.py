@@ -53,7 +53,7 @@ def choices() -> list[Choice]:
     return found
 
 
-def repick(choice: Choice, accept: Callable[[], T | None]) -> tuple[str, T] | None:
+def try_others(choice: Choice, accept: Callable[[], T | None]) -> tuple[str, T] | None:
     """Launch `choice`'s kernel with each config inductor passed over, in turn, until `accept()` returns something:
     (that config, kept; what accept returned), or None with the chosen config back in place."""
     kernel = choice.kernel

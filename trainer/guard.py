@@ -133,7 +133,7 @@ def repick(compiled_gradients, eager: list[torch.Tensor | None]) -> Verdict | No
         choices = autotuned.choices()
         for choice in choices:
             chosen = choice.chosen()
-            if (found := autotuned.repick(choice, agreeing)) is not None:
+            if (found := autotuned.try_others(choice, agreeing)) is not None:
                 config, verdict = found
                 log(f"inductor had timed {choice.name} fastest with [{chosen}]; with [{config}] the compiled step's "
                     f"gradients agree with the eager step's ({verdict.figures()}): this run keeps torch.compile")

@@ -120,7 +120,7 @@ def lr_lambda(total: int, warmup_ratio: float) -> Callable[[int], float]:
 
 
 def build_optimizer(model, cfg: TrainConfig, total: int):
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = guard.trainable(model)
     fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused or None)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, cfg.warmup_ratio))

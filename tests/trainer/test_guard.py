@@ -216,7 +216,7 @@ def test_a_kernel_config_that_computes_wrong_gradients_is_picked_again_and_the_r
     assert max(_norms(repicked)) < 100 * max(_norms(eager))
 
 
-def test_repick_tries_each_passed_over_config_keeps_the_first_accepted_and_otherwise_puts_the_choice_back():
+def test_trying_the_others_tries_each_passed_over_config_keeps_the_first_accepted_and_otherwise_puts_the_choice_back():
     kernel = _Kernel("a", "b", "c", "d", chosen="a", broken=("b",))
     tried = []
 
@@ -224,10 +224,10 @@ def test_repick_tries_each_passed_over_config_keeps_the_first_accepted_and_other
         tried.append(kernel.config())
         return "agrees" if kernel.config() == "d" else None
 
-    assert autotuned.repick(autotuned.Choice("k", kernel), accept_d) == ("d", "agrees")
+    assert autotuned.try_others(autotuned.Choice("k", kernel), accept_d) == ("d", "agrees")
     assert tried == ["c", "d"] and kernel.config() == "d"  # the chosen one is not tried; one that cannot load is skipped
 
-    assert autotuned.repick(autotuned.Choice("k", kernel), lambda: None) is None
+    assert autotuned.try_others(autotuned.Choice("k", kernel), lambda: None) is None
     assert kernel.config() == "d"
 
 
